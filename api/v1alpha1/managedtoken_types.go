@@ -1,0 +1,291 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Provider names the service that issued a token.
+// +kubebuilder:validation:Enum=Facebook;AmoCRM
+type Provider string
+
+const (
+	ProviderFacebook Provider = "Facebook"
+	ProviderAmoCRM   Provider = "AmoCRM"
+)
+
+// Well-known names shared by the controller, the manifests, the docs and the
+// kubectl plugin.
+const (
+	// RefreshRequestedAtAnnotation forces one refresh each time its value changes.
+	RefreshRequestedAtAnnotation = "tokens.tokenkeeper.dev/refresh-requested-at"
+	// ManagedTokenLabel on a Secret names the ManagedToken it belongs to.
+	ManagedTokenLabel = "tokens.tokenkeeper.dev/managed-token"
+	// SecretRoleLabel tells an output Secret ("output") from a state Secret ("state").
+	SecretRoleLabel = "tokens.tokenkeeper.dev/secret-role"
+	// ManagedByLabel and ManagedByValue mark every Secret the operator writes.
+	ManagedByLabel = "app.kubernetes.io/managed-by"
+	ManagedByValue = "tokenkeeper"
+	// RestartedAtAnnotation is set on a rollout restart target's pod template
+	// when the published token changes.
+	RestartedAtAnnotation = "tokens.tokenkeeper.dev/restartedAt"
+
+	// Keys of the output Secret.
+	OutputAccessTokenKey = "access_token"
+	OutputExpiresAtKey   = "expires_at"
+
+	// Condition types.
+	ConditionReady                   = "Ready"
+	ConditionReauthorizationRequired = "ReauthorizationRequired"
+
+	// DefaultGraphAPIVersion is the Graph API version used when
+	// spec.facebook.graphAPIVersion is not set (v26.0, July 2026).
+	DefaultGraphAPIVersion = "v26.0"
+	// DefaultRefreshBeforeFacebook and DefaultRefreshBeforeAmoCRM are the
+	// provider-specific defaults of spec.refreshBefore.
+	DefaultRefreshBeforeFacebook = "168h"
+	DefaultRefreshBeforeAmoCRM   = "2h"
+	// DefaultCheckInterval is the default of spec.checkInterval.
+	DefaultCheckInterval = "2h"
+)
+
+// ManagedTokenSpec describes one OAuth credential to keep fresh.
+// +kubebuilder:validation:XValidation:rule="self.provider != 'AmoCRM' || has(self.amocrm)",message="spec.amocrm is required when provider is AmoCRM: set amocrm.domain and amocrm.redirectURI",fieldPath=".amocrm",reason=FieldValueRequired
+// +kubebuilder:validation:XValidation:rule="self.provider != 'AmoCRM' || !has(self.facebook)",message="spec.facebook must not be set when provider is AmoCRM: remove the facebook block",fieldPath=".facebook",reason=FieldValueForbidden
+// +kubebuilder:validation:XValidation:rule="self.provider != 'Facebook' || !has(self.amocrm)",message="spec.amocrm must not be set when provider is Facebook: remove the amocrm block",fieldPath=".amocrm",reason=FieldValueForbidden
+// +kubebuilder:validation:XValidation:rule="self.secretName != self.credentialsSecretRef.name",message="spec.secretName must differ from spec.credentialsSecretRef.name: the operator never writes to the credentials Secret",fieldPath=".secretName",reason=FieldValueInvalid
+type ManagedTokenSpec struct {
+	// provider is the service that issued the token: Facebook or AmoCRM.
+	// It cannot be changed after creation.
+	// +required
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="provider is immutable: create a new ManagedToken to change it"
+	Provider Provider `json:"provider"`
+
+	// credentialsSecretRef names a Secret in the same namespace that holds the
+	// credentials. The operator only reads it. Keys:
+	// Facebook: app_id, app_secret, access_token.
+	// AmoCRM: client_id, client_secret, and refresh_token or authorization_code
+	// (optionally access_token); or a long-lived token alone in access_token.
+	// +required
+	CredentialsSecretRef SecretReference `json:"credentialsSecretRef"`
+
+	// secretName is the output Secret, in the same namespace, that workloads
+	// mount. It holds access_token and expires_at (RFC 3339; absent when the
+	// token never expires). It must not be the credentials Secret.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",message="secretName must be a valid Secret name: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"
+	SecretName string `json:"secretName"`
+
+	// refreshBefore: refresh when the token expires within this duration.
+	// Defaults to 168h for Facebook and 2h for AmoCRM (applied by the
+	// controller, since an OpenAPI default cannot depend on the provider).
+	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|ms|s|m|h))+$') && duration(self) > duration('0s')",message="refreshBefore must be a positive duration such as 2h, 90m or 168h"
+	RefreshBefore *metav1.Duration `json:"refreshBefore,omitempty"`
+
+	// checkInterval is the longest time between two checks of the token.
+	// At least 1m.
+	// +optional
+	// +kubebuilder:default="2h"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|ms|s|m|h))+$') && duration(self) >= duration('1m')",message="checkInterval must be a duration of at least 1m, such as 2h or 30m"
+	CheckInterval *metav1.Duration `json:"checkInterval,omitempty"`
+
+	// facebook holds Facebook settings; only with provider Facebook.
+	// +optional
+	Facebook *FacebookSpec `json:"facebook,omitempty"`
+
+	// amocrm holds AmoCRM (Kommo) settings; required with provider AmoCRM.
+	// +optional
+	AmoCRM *AmoCRMSpec `json:"amocrm,omitempty"`
+
+	// secretTemplate is merged into the output Secret's metadata. The
+	// operator's own labels win over labels of the same name here.
+	// +optional
+	SecretTemplate *SecretTemplate `json:"secretTemplate,omitempty"`
+
+	// rolloutRestartTargets are workloads in the same namespace whose pods are
+	// restarted (as by kubectl rollout restart) when the published token
+	// changes. Workloads that read the mounted file need no restart.
+	// +optional
+	// +listType=map
+	// +listMapKey=kind
+	// +listMapKey=name
+	// +kubebuilder:validation:MaxItems=32
+	RolloutRestartTargets []RolloutRestartTarget `json:"rolloutRestartTargets,omitempty"`
+}
+
+// SecretReference names a Secret in the ManagedToken's namespace.
+type SecretReference struct {
+	// name of the Secret.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",message="name must be a valid Secret name: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"
+	Name string `json:"name"`
+}
+
+// FacebookSpec holds Facebook (Meta Graph API) settings.
+type FacebookSpec struct {
+	// graphAPIVersion is the Graph API version to call, such as v26.0.
+	// +optional
+	// +kubebuilder:default="v26.0"
+	// +kubebuilder:validation:MaxLength=16
+	// +kubebuilder:validation:XValidation:rule="self.matches('^v[0-9]+\\\\.[0-9]+$')",message="graphAPIVersion must look like v26.0"
+	GraphAPIVersion string `json:"graphAPIVersion,omitempty"`
+}
+
+// AmoCRMSpec holds AmoCRM (Kommo) settings.
+type AmoCRMSpec struct {
+	// domain is the account's host: <subdomain>.amocrm.ru, <subdomain>.amocrm.com
+	// or <subdomain>.kommo.com.
+	// +required
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\\\\.(amocrm\\\\.ru|amocrm\\\\.com|kommo\\\\.com)$')",message="domain must be <subdomain>.amocrm.ru, <subdomain>.amocrm.com or <subdomain>.kommo.com, with a single lowercase subdomain label"
+	Domain string `json:"domain"`
+
+	// redirectURI is the integration's redirect URI, byte-for-byte as set in
+	// the integration. AmoCRM requires it on every token request.
+	// +required
+	// +kubebuilder:validation:MaxLength=2048
+	// +kubebuilder:validation:XValidation:rule="isURL(self) && url(self).getScheme() == 'https' && url(self).getHostname() != ''",message="redirectURI must be an absolute https:// URL"
+	RedirectURI string `json:"redirectURI"`
+}
+
+// SecretTemplate is metadata merged into the output Secret.
+type SecretTemplate struct {
+	// +optional
+	Labels map[string]string `json:"labels,omitempty"`
+	// +optional
+	Annotations map[string]string `json:"annotations,omitempty"`
+}
+
+// RolloutKind is a kind of workload that can be restarted.
+// +kubebuilder:validation:Enum=Deployment;StatefulSet;DaemonSet
+type RolloutKind string
+
+// RolloutRestartTarget names a workload in the ManagedToken's namespace.
+type RolloutRestartTarget struct {
+	// +required
+	Kind RolloutKind `json:"kind"`
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+}
+
+// ManagedTokenStatus is the observed state of a ManagedToken. It never holds
+// a token, a refresh token or a client secret.
+type ManagedTokenStatus struct {
+	// observedGeneration is the generation the status was computed from.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// conditions: Ready, and ReauthorizationRequired (a human must act).
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+
+	// tokenType is the kind of token, for example AmoCRMOAuth,
+	// AmoCRMLongLived, FacebookUserLongLived, FacebookSystemUserExpiring,
+	// FacebookSystemUserNonExpiring or FacebookPage.
+	// +optional
+	TokenType string `json:"tokenType,omitempty"`
+
+	// scopes granted to the token, where the provider reports them.
+	// +optional
+	// +listType=set
+	Scopes []string `json:"scopes,omitempty"`
+
+	// expirationTimestamp is the current access token's expiry; absent when it
+	// never expires.
+	// +optional
+	ExpirationTimestamp *metav1.Time `json:"expirationTimestamp,omitempty"`
+
+	// dataAccessExpirationTimestamp is when Facebook data access lapses
+	// unless the user is active again (Facebook only).
+	// +optional
+	DataAccessExpirationTimestamp *metav1.Time `json:"dataAccessExpirationTimestamp,omitempty"`
+
+	// refreshTokenExpirationTimestamp is about 90 days after the last
+	// rotation of the refresh token (AmoCRM only).
+	// +optional
+	RefreshTokenExpirationTimestamp *metav1.Time `json:"refreshTokenExpirationTimestamp,omitempty"`
+
+	// lastRefreshTime is when the operator last obtained a new token.
+	// +optional
+	LastRefreshTime *metav1.Time `json:"lastRefreshTime,omitempty"`
+
+	// nextRefreshTime is expirationTimestamp minus refreshBefore.
+	// +optional
+	NextRefreshTime *metav1.Time `json:"nextRefreshTime,omitempty"`
+
+	// lastCheckTime is when the operator last checked the token with the provider.
+	// +optional
+	LastCheckTime *metav1.Time `json:"lastCheckTime,omitempty"`
+
+	// lastHandledRefreshRequest is the value of the
+	// tokens.tokenkeeper.dev/refresh-requested-at annotation that was last handled.
+	// +optional
+	LastHandledRefreshRequest string `json:"lastHandledRefreshRequest,omitempty"`
+
+	// consecutiveFailures counts failed provider calls since the last success.
+	// +optional
+	ConsecutiveFailures int32 `json:"consecutiveFailures,omitempty"`
+
+	// lastFailureTime is when the last provider call failed.
+	// +optional
+	LastFailureTime *metav1.Time `json:"lastFailureTime,omitempty"`
+
+	// nextRetryTime is when the operator tries again after a failure that
+	// can heal by itself (back-off, or the provider's Retry-After).
+	// +optional
+	NextRetryTime *metav1.Time `json:"nextRetryTime,omitempty"`
+
+	// haltedInputs is set when the operator stopped calling the provider
+	// because a human must act (for example a revoked refresh token or an IP
+	// block). It records the inputs in force then (generation, credentials
+	// Secret version, refresh request); calls resume when any of them changes.
+	// +optional
+	HaltedInputs string `json:"haltedInputs,omitempty"`
+}
+
+// ManagedToken keeps one OAuth access token fresh and publishes it in a Secret.
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=mt,categories=tokenkeeper
+// +kubebuilder:printcolumn:name="Provider",type=string,JSONPath=`.spec.provider`
+// +kubebuilder:printcolumn:name="Type",type=string,JSONPath=`.status.tokenType`,priority=1
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`
+// +kubebuilder:printcolumn:name="Reauth",type=string,JSONPath=`.status.conditions[?(@.type=="ReauthorizationRequired")].status`,priority=1
+// +kubebuilder:printcolumn:name="Expires",type=string,format=date-time,JSONPath=`.status.expirationTimestamp`
+// +kubebuilder:printcolumn:name="Next Refresh",type=string,format=date-time,JSONPath=`.status.nextRefreshTime`
+// +kubebuilder:printcolumn:name="Secret",type=string,JSONPath=`.spec.secretName`,priority=1
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:validation:XValidation:rule="size(self.metadata.name) <= 63",message="metadata.name must be at most 63 characters: it is used as a label value on the Secrets the operator writes"
+type ManagedToken struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// +required
+	Spec   ManagedTokenSpec   `json:"spec"`
+	Status ManagedTokenStatus `json:"status,omitempty"`
+}
+
+// ManagedTokenList contains a list of ManagedToken.
+// +kubebuilder:object:root=true
+type ManagedTokenList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []ManagedToken `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&ManagedToken{}, &ManagedTokenList{})
+}

@@ -1,0 +1,113 @@
+// Package provider defines the small interface every token provider
+// (Facebook, AmoCRM) implements, and the types the controller and the
+// providers exchange. Providers are wired explicitly in cmd/main.go; there is
+// no global registry.
+//
+// Nothing in this package, nor in any provider, may put a token, a refresh
+// token, a client secret or a URL carrying one into an error string or a log
+// line. Errors carry a safe, human-readable message only.
+package provider
+
+import (
+	"context"
+	"time"
+
+	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
+)
+
+// Credentials is the content of the user's credentials Secret (read only).
+type Credentials map[string][]byte
+
+// Get returns the trimmed string value of key, or "" when absent.
+func (c Credentials) Get(key string) string {
+	return trimSpace(string(c[key]))
+}
+
+// Has reports whether key is present and non-empty.
+func (c Credentials) Has(key string) bool { return c.Get(key) != "" }
+
+// Token is what the operator knows about the current credential. It is
+// persisted in the operator-owned state Secret. The zero time means "unknown"
+// for RefreshTokenExpiresAt/DataAccessExpiresAt and "never" for ExpiresAt
+// when Expires is false.
+type Token struct {
+	// AccessToken is the value published to workloads.
+	AccessToken string
+	// RefreshToken is set only for providers that rotate one (AmoCRM).
+	RefreshToken string
+	// ExpiresAt is the access token's expiry; meaningful only when Expires.
+	ExpiresAt time.Time
+	// Expires is false for tokens that never expire.
+	Expires bool
+	// RefreshTokenExpiresAt is the refresh token's expiry (AmoCRM), if known.
+	RefreshTokenExpiresAt time.Time
+	// DataAccessExpiresAt is Facebook's data access expiry, if any.
+	DataAccessExpiresAt time.Time
+	// ObtainedAt is when this token (pair) was obtained or adopted.
+	ObtainedAt time.Time
+	// Type is a CamelCase token kind shown in status, for example
+	// AmoCRMOAuth, AmoCRMLongLived, FacebookUserShortLived,
+	// FacebookUserLongLived, FacebookSystemUserExpiring,
+	// FacebookSystemUserNonExpiring, FacebookPage, FacebookApp.
+	Type string
+	// Scopes granted, where known.
+	Scopes []string
+	// Refreshable reports whether the provider can renew this token without a
+	// human. A non-refreshable token is monitored, and the operator asks for
+	// reauthorization when it nears expiry.
+	Refreshable bool
+}
+
+// Request is what a provider call gets: the ManagedToken's spec (for
+// provider settings such as the AmoCRM domain or the Graph API version) and
+// the credentials Secret's content.
+type Request struct {
+	Spec        *tokensv1alpha1.ManagedTokenSpec
+	Credentials Credentials
+}
+
+// Provider is implemented by each provider client.
+type Provider interface {
+	// Bootstrap turns the credentials Secret into a first token: AmoCRM
+	// exchanges an authorization_code or a refresh_token (or adopts a
+	// long-lived access_token); Facebook introspects the access_token and
+	// exchanges a short-lived user token for a long-lived one. The grant
+	// is the credentials key being consumed (see BootstrapGrant).
+	Bootstrap(ctx context.Context, req Request, grant string) (*Token, error)
+
+	// Refresh obtains a new token from the current one. Only called when
+	// current.Refreshable. For AmoCRM this consumes current.RefreshToken.
+	Refresh(ctx context.Context, req Request, current *Token) (*Token, error)
+
+	// Probe cheaply checks that current is still valid. It returns the token
+	// with any metadata the provider reported (Facebook: expiry, data access
+	// expiry, scopes, type), or an error; an invalid token is an *Error of
+	// KindReauthorize.
+	Probe(ctx context.Context, req Request, current *Token) (*Token, error)
+
+	// BootstrapGrants lists, in order of preference, the keys of creds that
+	// can bootstrap a token and are present (for example authorization_code,
+	// refresh_token; or access_token). The controller bootstraps with the
+	// first one whose value it has not consumed before, and records a
+	// fingerprint (a hash, never the value) of what it consumed, so a
+	// consumed value is never replayed and a new value is picked up.
+	BootstrapGrants(creds Credentials) []string
+
+	// ValidateCredentials returns nil when creds hold every key this provider
+	// needs, or an *Error of KindConfiguration, reason CredentialsKeyMissing,
+	// whose message names the missing keys (never their values).
+	ValidateCredentials(creds Credentials) error
+}
+
+func trimSpace(s string) string {
+	start, end := 0, len(s)
+	for start < end && isSpace(s[start]) {
+		start++
+	}
+	for end > start && isSpace(s[end-1]) {
+		end--
+	}
+	return s[start:end]
+}
+
+func isSpace(b byte) bool { return b == ' ' || b == '\n' || b == '\r' || b == '\t' }
