@@ -1,0 +1,190 @@
+// Command manager runs the tokenkeeper controller manager.
+package main
+
+import (
+	"crypto/tls"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/runtime"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	corev1 "k8s.io/api/core/v1"
+
+	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
+	"github.com/tokenkeeper/tokenkeeper/controllers"
+	"github.com/tokenkeeper/tokenkeeper/internal/metrics"
+	"github.com/tokenkeeper/tokenkeeper/internal/provider"
+	"github.com/tokenkeeper/tokenkeeper/internal/provider/amocrm"
+	"github.com/tokenkeeper/tokenkeeper/internal/provider/facebook"
+)
+
+const inClusterNamespaceFile = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+func main() {
+	var (
+		metricsAddr, probeAddr, leaderNS   string
+		facebookURL, amocrmURL             string
+		leaderElect, secureMetrics         bool
+		qps                                float64
+		burst, maxConcurrent               int
+		providerTimeout                    time.Duration
+	)
+	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "The address the metrics endpoint binds to. Use 0 to disable it.")
+	flag.BoolVar(&secureMetrics, "metrics-secure", false, "Serve metrics over HTTPS with authentication and authorization.")
+	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "The address the probe endpoint binds to.")
+	flag.BoolVar(&leaderElect, "leader-elect", false, "Enable leader election, so that only one manager refreshes tokens at a time.")
+	flag.StringVar(&leaderNS, "leader-election-namespace", "", "Namespace of the leader election lease. Default: the pod's namespace in a cluster, \"default\" outside one.")
+	flag.StringVar(&facebookURL, "facebook-url", "https://graph.facebook.com", "Base URL of the Graph API (for egress proxies and tests); http:// only on loopback.")
+	flag.StringVar(&amocrmURL, "amocrm-url", "", "Base URL for every AmoCRM call; empty means https://<spec.amocrm.domain>. http:// only on loopback.")
+	flag.Float64Var(&qps, "kube-api-qps", 20, "Queries per second to the Kubernetes API server.")
+	flag.IntVar(&burst, "kube-api-burst", 30, "Burst of queries to the Kubernetes API server.")
+	flag.IntVar(&maxConcurrent, "max-concurrent-reconciles", 4, "How many ManagedTokens are reconciled at once.")
+	flag.DurationVar(&providerTimeout, "provider-timeout", 30*time.Second, "Timeout of one request to a provider.")
+	opts := zap.Options{Development: false}
+	opts.BindFlags(flag.CommandLine)
+	flag.Parse()
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
+	setupLog := ctrl.Log.WithName("setup")
+
+	if err := run(runConfig{
+		metricsAddr: metricsAddr, secureMetrics: secureMetrics, probeAddr: probeAddr,
+		leaderElect: leaderElect, leaderNS: leaderNS,
+		facebookURL: facebookURL, amocrmURL: amocrmURL,
+		qps: float32(qps), burst: burst, maxConcurrent: maxConcurrent, providerTimeout: providerTimeout,
+	}); err != nil {
+		setupLog.Error(err, "manager exited")
+		os.Exit(1)
+	}
+}
+
+type runConfig struct {
+	metricsAddr, probeAddr, leaderNS string
+	facebookURL, amocrmURL           string
+	leaderElect, secureMetrics       bool
+	qps                              float32
+	burst, maxConcurrent             int
+	providerTimeout                  time.Duration
+}
+
+func run(c runConfig) error {
+	if err := provider.ValidateBaseURL(c.facebookURL); err != nil {
+		return fmt.Errorf("--facebook-url: %w", err)
+	}
+	if c.amocrmURL != "" {
+		if err := provider.ValidateBaseURL(c.amocrmURL); err != nil {
+			return fmt.Errorf("--amocrm-url: %w", err)
+		}
+	}
+	if c.leaderNS == "" {
+		c.leaderNS = defaultLeaderElectionNamespace()
+	}
+
+	scheme := runtime.NewScheme()
+	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
+	utilruntime.Must(tokensv1alpha1.AddToScheme(scheme))
+
+	cfg, err := ctrl.GetConfig()
+	if err != nil {
+		return fmt.Errorf("loading kubeconfig: %w", err)
+	}
+	cfg.QPS, cfg.Burst = c.qps, c.burst
+
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme: scheme,
+		Metrics: metricsserver.Options{
+			BindAddress:   c.metricsAddr,
+			SecureServing: c.secureMetrics,
+			TLSOpts:       []func(*tls.Config){func(t *tls.Config) { t.NextProtos = []string{"http/1.1"} }},
+		},
+		HealthProbeBindAddress:  c.probeAddr,
+		LeaderElection:          c.leaderElect,
+		LeaderElectionID:        "tokenkeeper.tokens.tokenkeeper.dev",
+		LeaderElectionNamespace: c.leaderNS,
+		// Release the lease on a clean stop so a new pod takes over at once.
+		LeaderElectionReleaseOnCancel: true,
+		Cache: cache.Options{
+			// Only the Secrets the operator writes are cached; credentials
+			// Secrets are read directly and watched as metadata only.
+			ByObject: map[client.Object]cache.ByObject{
+				&corev1.Secret{}: {Label: controllers.OwnedSecretsSelector()},
+			},
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("creating manager: %w", err)
+	}
+
+	credsCache, err := controllers.NewCredentialsCache(mgr)
+	if err != nil {
+		return fmt.Errorf("creating credentials cache: %w", err)
+	}
+	if err := mgr.Add(credsCache); err != nil {
+		return err
+	}
+
+	m := metrics.New()
+	if err := m.Register(mgr.GetCache()); err != nil {
+		return fmt.Errorf("registering metrics: %w", err)
+	}
+	httpClient := &http.Client{Timeout: c.providerTimeout}
+	clk := clock.RealClock{}
+	providers := map[tokensv1alpha1.Provider]provider.Provider{
+		tokensv1alpha1.ProviderAmoCRM: amocrm.New(amocrm.Options{
+			HTTPClient: httpClient, BaseURL: c.amocrmURL, Clock: clk, Observe: m.ObserveRequest,
+		}),
+		tokensv1alpha1.ProviderFacebook: facebook.New(facebook.Options{
+			HTTPClient: httpClient, BaseURL: c.facebookURL, Clock: clk, Observe: m.ObserveRequest,
+		}),
+	}
+
+	r := &controllers.ManagedTokenReconciler{
+		Client:    mgr.GetClient(),
+		APIReader: mgr.GetAPIReader(),
+		Scheme:    mgr.GetScheme(),
+		Recorder:  mgr.GetEventRecorder("tokenkeeper"),
+		Clock:     clk,
+		Providers: providers,
+		Metrics:   m,
+	}
+	ctx := ctrl.SetupSignalHandler()
+	if err := r.SetupWithManager(ctx, mgr, credsCache, c.maxConcurrent); err != nil {
+		return fmt.Errorf("setting up controller: %w", err)
+	}
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("readyz", func(req *http.Request) error {
+		if !mgr.GetCache().WaitForCacheSync(req.Context()) {
+			return fmt.Errorf("cache not synced")
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	ctrl.Log.WithName("setup").Info("starting manager", "leaderElection", c.leaderElect, "leaderElectionNamespace", c.leaderNS)
+	return mgr.Start(ctx)
+}
+
+// defaultLeaderElectionNamespace is the pod's namespace in a cluster and
+// "default" outside one, so --leader-elect works with a plain kubeconfig.
+func defaultLeaderElectionNamespace() string {
+	if b, err := os.ReadFile(inClusterNamespaceFile); err == nil {
+		if ns := strings.TrimSpace(string(b)); ns != "" {
+			return ns
+		}
+	}
+	return "default"
+}

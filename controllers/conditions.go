@@ -1,0 +1,50 @@
+package controllers
+
+import (
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
+)
+
+// Condition reasons (CamelCase, per the Kubernetes API conventions).
+const (
+	ReasonTokenValid                = "TokenValid"
+	ReasonTokenNeverExpires         = "TokenNeverExpires"
+	ReasonRefreshFailing            = "RefreshFailing"
+	ReasonCredentialsSecretNotFound = "CredentialsSecretNotFound"
+	ReasonCredentialsKeyMissing     = "CredentialsKeyMissing"
+	ReasonSecretNotOwned            = "SecretNotOwned"
+	ReasonStateSecretNotOwned       = "StateSecretNotOwned"
+	ReasonStatePending              = "StateNotStored"
+	ReasonNoToken                   = "NoToken"
+	ReasonTokenExpired              = "TokenExpired"
+	ReasonTokenExpiringSoon         = "TokenExpiringSoon"
+	ReasonDataAccessExpiringSoon    = "DataAccessExpiringSoon"
+	ReasonAuthorized                = "Authorized"
+	ReasonProviderNotConfigured     = "ProviderNotConfigured"
+)
+
+// setCondition sets a condition and always stamps observedGeneration.
+// meta.SetStatusCondition keeps lastTransitionTime unless the status changes.
+func setCondition(mt *tokensv1alpha1.ManagedToken, condType string, status metav1.ConditionStatus, reason, message string, now metav1.Time) {
+	meta.SetStatusCondition(&mt.Status.Conditions, metav1.Condition{
+		Type:               condType,
+		Status:             status,
+		Reason:             reason,
+		Message:            message,
+		ObservedGeneration: mt.Generation,
+		LastTransitionTime: now,
+	})
+}
+
+// conditionChanged reports whether condType's status or reason differs
+// between two condition lists: the transitions that deserve an event.
+func conditionChanged(before, after []metav1.Condition, condType string) bool {
+	a := meta.FindStatusCondition(before, condType)
+	b := meta.FindStatusCondition(after, condType)
+	if a == nil || b == nil {
+		return (a == nil) != (b == nil)
+	}
+	return a.Status != b.Status || a.Reason != b.Reason
+}

@@ -1,0 +1,153 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
+	"github.com/tokenkeeper/tokenkeeper/internal/provider"
+)
+
+// outputData is exactly what workloads get: the access token, and its
+// expiry in RFC 3339 when it expires. Never a refresh token or a secret.
+func outputData(t *provider.Token) map[string][]byte {
+	d := map[string][]byte{tokensv1alpha1.OutputAccessTokenKey: []byte(t.AccessToken)}
+	if t.Expires {
+		d[tokensv1alpha1.OutputExpiresAtKey] = []byte(t.ExpiresAt.UTC().Format(time.RFC3339))
+	}
+	return d
+}
+
+// desiredOutput merges secretTemplate into the output Secret's metadata; the
+// operator's own labels win.
+func desiredOutput(mt *tokensv1alpha1.ManagedToken, t *provider.Token) (labels, annotations map[string]string, data map[string][]byte) {
+	labels, annotations = map[string]string{}, map[string]string{}
+	if tpl := mt.Spec.SecretTemplate; tpl != nil {
+		maps.Copy(labels, tpl.Labels)
+		maps.Copy(annotations, tpl.Annotations)
+	}
+	maps.Copy(labels, ownedLabels(mt, roleOutput))
+	return labels, annotations, outputData(t)
+}
+
+// publish writes the stored token into the output Secret, restoring it when
+// it was deleted or edited. A Secret of that name that this ManagedToken
+// does not control is never touched.
+func (r *ManagedTokenReconciler) publish(ctx context.Context, rn *run) error {
+	t := rn.state.Token
+	if t == nil || !rn.stored {
+		return nil
+	}
+	mt := rn.mt
+	key := types.NamespacedName{Namespace: mt.Namespace, Name: mt.Spec.SecretName}
+	labels, annotations, data := desiredOutput(mt, t)
+
+	cur := &corev1.Secret{}
+	err := r.Get(ctx, key, cur) // the cache holds only Secrets labelled as ours
+	if apierrors.IsNotFound(err) {
+		sec := &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: key.Name, Namespace: key.Namespace, Labels: labels, Annotations: annotations},
+			Type:       corev1.SecretTypeOpaque,
+			Data:       data,
+		}
+		if err := ctrl.SetControllerReference(mt, sec, r.Scheme); err != nil {
+			return err
+		}
+		err = r.Create(ctx, sec)
+		if err == nil {
+			rn.tokenChanged = false // a first publish restarts nobody
+			return nil
+		}
+		if !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("creating output Secret %s: %w", key.Name, err)
+		}
+		// It exists but is not in the cache: unlabelled, so either foreign or
+		// ours with its labels removed. Ask the API server.
+		cur = &corev1.Secret{}
+		if err := r.APIReader.Get(ctx, key, cur); err != nil {
+			return fmt.Errorf("reading output Secret %s: %w", key.Name, err)
+		}
+	} else if err != nil {
+		return fmt.Errorf("reading output Secret %s: %w", key.Name, err)
+	}
+
+	if !metav1.IsControlledBy(cur, mt) {
+		rn.block(ReasonSecretNotOwned, "Secret %q already exists and is not managed by this ManagedToken; the operator will not touch it: delete it, or choose another spec.secretName", key.Name)
+		return nil
+	}
+	changed := !sameStateData(cur.Data, data) || cur.Type != corev1.SecretTypeOpaque
+	rn.tokenChanged = string(cur.Data[tokensv1alpha1.OutputAccessTokenKey]) != t.AccessToken
+	newLabels, newAnn := mergeInto(cur.Labels, labels), mergeInto(cur.Annotations, annotations)
+	if !changed && maps.Equal(newLabels, cur.Labels) && maps.Equal(newAnn, cur.Annotations) {
+		return nil
+	}
+	cur.Labels, cur.Annotations, cur.Data = newLabels, newAnn, data
+	if err := r.Update(ctx, cur); err != nil {
+		return fmt.Errorf("updating output Secret %s: %w", key.Name, err)
+	}
+	log.FromContext(ctx).Info("output Secret updated", "secret", key.Name, "tokenChanged", rn.tokenChanged)
+	return nil
+}
+
+// mergeInto returns a copy of have with want's entries set; entries others
+// added (another controller's annotations, say) are kept.
+func mergeInto(have, want map[string]string) map[string]string {
+	out := maps.Clone(have)
+	if out == nil {
+		out = map[string]string{}
+	}
+	maps.Copy(out, want)
+	if len(out) == 0 && have == nil {
+		return nil
+	}
+	return out
+}
+
+// restartConsumers patches the pod template of each rolloutRestartTarget,
+// as kubectl rollout restart does, when the published token changed. It does
+// nothing on a reconcile that did not change the token.
+func (r *ManagedTokenReconciler) restartConsumers(ctx context.Context, rn *run) error {
+	if !rn.tokenChanged || len(rn.mt.Spec.RolloutRestartTargets) == 0 {
+		return nil
+	}
+	stamp := rn.now.UTC().Format(time.RFC3339Nano)
+	patch := fmt.Appendf(nil, `{"spec":{"template":{"metadata":{"annotations":{%q:%q}}}}}`, tokensv1alpha1.RestartedAtAnnotation, stamp)
+	var errs []error
+	for _, tgt := range rn.mt.Spec.RolloutRestartTargets {
+		var obj client.Object
+		switch tgt.Kind {
+		case "Deployment":
+			obj = &appsv1.Deployment{}
+		case "StatefulSet":
+			obj = &appsv1.StatefulSet{}
+		case "DaemonSet":
+			obj = &appsv1.DaemonSet{}
+		default:
+			continue
+		}
+		obj.SetNamespace(rn.mt.Namespace)
+		obj.SetName(tgt.Name)
+		if err := r.Patch(ctx, obj, client.RawPatch(types.StrategicMergePatchType, patch)); err != nil {
+			if apierrors.IsNotFound(err) {
+				r.Recorder.Eventf(rn.mt, nil, corev1.EventTypeWarning, "RestartTargetNotFound", "RolloutRestart", "%s %q not found; not restarted", tgt.Kind, tgt.Name)
+				continue
+			}
+			errs = append(errs, fmt.Errorf("restarting %s %s: %w", tgt.Kind, tgt.Name, err))
+			continue
+		}
+		r.Recorder.Eventf(rn.mt, nil, corev1.EventTypeNormal, "RolloutRestarted", "RolloutRestart", "restarted %s %q because the token changed", tgt.Kind, tgt.Name)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,125 @@
+package amocrm
+
+import (
+	"encoding/json"
+	"strings"
+	"unicode"
+
+	"github.com/tokenkeeper/tokenkeeper/internal/provider"
+)
+
+// AmoCRM's texts, matched exactly (after trimming, case-insensitively).
+const (
+	hintTokenRevoked      = "Token has been revoked"
+	hintTokenExpired      = "Token has expired"
+	hintCodeExpired       = "Authorization code has expired"
+	hintCodeRevoked       = "Authorization code has been revoked"
+	hintCannotDecrypt     = "Cannot decrypt the refresh token"
+	hintNotLinked         = "Token is not linked to client"
+	hintInvalidAccount    = "Invalid account"
+	hintCheckClientID     = "Check the `client_id` parameter"
+	hintCheckClientSecret = "Check the `client_secret` parameter"
+	hintRedirectURI       = "Redirect URI is not associated with client"
+	titleBadClient        = "Некорректный клиент"
+	detailBadClient       = "Авторизация клиента не прошла"
+	maxHintLen            = 200
+)
+
+// problem is AmoCRM's OAuth problem JSON; it has no RFC 6749 "error" field.
+type problem struct {
+	Hint   string          `json:"hint"`
+	Title  string          `json:"title"`
+	Type   string          `json:"type"`
+	Status json.RawMessage `json:"status"`
+	Detail string          `json:"detail"`
+}
+
+// parseProblem reports whether body is a problem JSON (it has a hint or a
+// title).
+func parseProblem(body []byte) (problem, bool) {
+	var p problem
+	if err := json.Unmarshal(body, &p); err != nil {
+		return problem{}, false
+	}
+	p.Hint, p.Title, p.Detail = strings.TrimSpace(p.Hint), strings.TrimSpace(p.Title), strings.TrimSpace(p.Detail)
+	return p, p.Hint != "" || p.Title != ""
+}
+
+const humanAction = "a human must authorize the integration again and put a new authorization_code (or refresh_token) into the credentials Secret"
+
+// classifyProblem turns a 400/401 problem JSON from the token endpoint into
+// an *Error. secrets are values sent in the request, redacted from the hint
+// should the server ever echo one.
+func classifyProblem(op string, status int, p problem, secrets ...string) *provider.Error {
+	hint := safeHint(p.Hint, secrets)
+	e := &provider.Error{Op: op, HTTPStatus: status}
+	if hint != "" {
+		e.Code = "hint: " + hint
+	}
+	grantWhat := "the refresh token"
+	if op == OpAuthorizationCode {
+		grantWhat = "the authorization code"
+	}
+	conf := func(reason, msg string) *provider.Error {
+		e.Kind, e.Reason, e.Message = provider.KindConfiguration, reason, msg
+		return e
+	}
+	reauth := func(reason, why string) *provider.Error {
+		e.Kind, e.Reason = provider.KindReauthorize, reason
+		e.Message = "AmoCRM refused " + grantWhat
+		if hint != "" {
+			e.Message += " (hint: " + hint + ")"
+		}
+		if why != "" {
+			e.Message += ": " + why
+		}
+		e.Message += "; " + humanAction
+		return e
+	}
+	switch {
+	case is(p.Hint, hintCheckClientID):
+		return conf("InvalidClient", "AmoCRM does not recognise the client (hint: "+hint+"): set client_id in the credentials Secret to the integration ID")
+	case is(p.Hint, hintCheckClientSecret):
+		return conf("InvalidClient", "AmoCRM rejected the client secret (hint: "+hint+"): set client_secret in the credentials Secret to the integration's secret key")
+	case is(p.Hint, hintRedirectURI):
+		return conf("RedirectURIMismatch", "AmoCRM rejected the redirect URI (hint: "+hint+"): set spec.amocrm.redirectURI to the integration's redirect URI, byte-for-byte")
+	case p.Hint == "" && (p.Title == titleBadClient || p.Detail == detailBadClient):
+		e.Code = "title: " + titleBadClient
+		return conf("InvalidClient", "AmoCRM rejected the client ("+titleBadClient+": client authentication failed): check client_id and client_secret in the credentials Secret")
+	case is(p.Hint, hintTokenRevoked):
+		return reauth("RefreshTokenRevoked", "it was already used (rotated by another process, or a rotated pair was never saved) or the integration was revoked")
+	case is(p.Hint, hintTokenExpired):
+		return reauth("RefreshTokenExpired", "it expired (unused for about 3 months)")
+	case is(p.Hint, hintCodeExpired), is(p.Hint, hintCodeRevoked):
+		return reauth("AuthorizationCodeInvalid", "an authorization code is single-use and lives about 20 minutes")
+	case is(p.Hint, hintCannotDecrypt), is(p.Hint, hintNotLinked):
+		return reauth("RefreshTokenInvalid", "it is not a valid refresh token of this integration")
+	case is(p.Hint, hintInvalidAccount):
+		return reauth("InvalidAccount", "the account is not valid for this integration (check spec.amocrm.domain)")
+	default:
+		return reauth("ReauthorizationRequired", "")
+	}
+}
+
+func is(hint, want string) bool { return strings.EqualFold(strings.TrimSpace(hint), want) }
+
+// safeHint returns hint without control characters, with any request secret
+// redacted, truncated to maxHintLen runes.
+func safeHint(hint string, secrets []string) string {
+	for _, s := range secrets {
+		if len(s) >= 4 {
+			hint = strings.ReplaceAll(hint, s, "[redacted]")
+		}
+	}
+	hint = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, hint)
+	hint = strings.TrimSpace(hint)
+	if r := []rune(hint); len(r) > maxHintLen {
+		hint = string(r[:maxHintLen]) + "…"
+	}
+	return hint
+}

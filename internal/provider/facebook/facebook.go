@@ -1,0 +1,628 @@
+// Package facebook implements provider.Provider for Facebook (Meta Graph
+// API) access tokens: it introspects tokens with /debug_token, exchanges
+// short-lived user tokens for long-lived ones, and refreshes expiring
+// system-user tokens with set_token_expires_in_60_days.
+//
+// golang.org/x/oauth2 is deliberately not used: the fb_exchange_token grant
+// is a non-standard GET request with the app secret in the query string,
+// set_token_expires_in_60_days has no OAuth equivalent, and /debug_token is
+// not OAuth at all (it takes an app access token "app_id|app_secret").
+// Plain net/http keeps full control over what reaches errors and logs.
+//
+// The app secret travels in query strings, so no request URL ever reaches an
+// error or a log line: transport errors go through provider.TransportError,
+// and Graph API messages quoted in errors are scrubbed of the values sent.
+package facebook
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strings"
+	"time"
+
+	"k8s.io/utils/clock"
+
+	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
+	"github.com/tokenkeeper/tokenkeeper/internal/provider"
+)
+
+// ProviderName is the provider label given to the RequestObserver.
+const ProviderName = "Facebook"
+
+// DefaultBaseURL is the Graph API root (flag --facebook-url overrides it).
+const DefaultBaseURL = "https://graph.facebook.com"
+
+// Keys of the credentials Secret.
+const (
+	KeyAppID       = "app_id"
+	KeyAppSecret   = "app_secret"
+	KeyAccessToken = "access_token"
+)
+
+// Operation names passed to the RequestObserver and set as provider.Error.Op.
+const (
+	OpExchange   = "exchange"
+	OpRefresh    = "refresh"
+	OpDebugToken = "debug_token"
+)
+
+// Token kinds (provider.Token.Type).
+const (
+	TypeUserShortLived        = "FacebookUserShortLived"
+	TypeUserLongLived         = "FacebookUserLongLived"
+	TypeSystemUserExpiring    = "FacebookSystemUserExpiring"
+	TypeSystemUserNonExpiring = "FacebookSystemUserNonExpiring"
+	TypePage                  = "FacebookPage"
+	TypeApp                   = "FacebookApp"
+)
+
+const (
+	defaultHTTPTimeout           = 30 * time.Second
+	maxBodyBytes                 = 1 << 20
+	shortLivedThreshold          = 24 * time.Hour
+	noExtensionTolerance         = time.Hour
+	pathExchange                 = "/oauth/access_token"
+	pathDebugToken               = "/debug_token"
+	grantTypeExchange            = "fb_exchange_token"
+	paramSetTokenExpiresIn60Days = "set_token_expires_in_60_days"
+)
+
+var versionRE = regexp.MustCompile(`^v[0-9]+\.[0-9]+$`)
+
+// Options configure a Client.
+type Options struct {
+	// HTTPClient defaults to a client with a 30 s timeout.
+	HTTPClient *http.Client
+	// BaseURL is a prefix; calls go to <BaseURL>/<version>/oauth/access_token
+	// and <BaseURL>/<version>/debug_token. Defaults to DefaultBaseURL.
+	BaseURL string
+	// Clock defaults to the real clock.
+	Clock clock.PassiveClock
+	// Observe, when set, is told about every request.
+	Observe provider.RequestObserver
+}
+
+// Client talks to the Graph API. It is stateless and safe for concurrent use.
+type Client struct {
+	http    *http.Client
+	base    *url.URL
+	baseErr bool
+	clock   clock.PassiveClock
+	observe provider.RequestObserver
+}
+
+var _ provider.Provider = (*Client)(nil)
+
+// New returns a Client.
+func New(opts Options) *Client {
+	c := &Client{http: opts.HTTPClient, clock: opts.Clock, observe: opts.Observe}
+	if c.http == nil {
+		c.http = &http.Client{Timeout: defaultHTTPTimeout}
+	}
+	if c.clock == nil {
+		c.clock = clock.RealClock{}
+	}
+	raw := strings.TrimRight(strings.TrimSpace(opts.BaseURL), "/")
+	if raw == "" {
+		raw = DefaultBaseURL
+	}
+	u, err := url.Parse(raw)
+	if err != nil || u.Scheme == "" || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+		c.baseErr = true
+	} else {
+		c.base = u
+	}
+	return c
+}
+
+// ValidateCredentials implements provider.Provider.
+func (c *Client) ValidateCredentials(creds provider.Credentials) error {
+	var missing []string
+	for _, k := range []string{KeyAppID, KeyAppSecret, KeyAccessToken} {
+		if !creds.Has(k) {
+			missing = append(missing, k)
+		}
+	}
+	if len(missing) == 0 {
+		if strings.Contains(creds.Get(KeyAppID), "|") {
+			return &provider.Error{Kind: provider.KindConfiguration, Reason: "InvalidAppID", Op: "validate",
+				Message: "credentials key app_id must be the numeric Facebook app ID"}
+		}
+		return nil
+	}
+	return &provider.Error{
+		Kind:    provider.KindConfiguration,
+		Reason:  "CredentialsKeyMissing",
+		Op:      "validate",
+		Message: "the credentials Secret is missing or has empty keys: " + strings.Join(missing, ", ") + " (Facebook needs app_id, app_secret and access_token)",
+	}
+}
+
+// BootstrapGrants implements provider.Provider.
+func (c *Client) BootstrapGrants(creds provider.Credentials) []string {
+	if creds.Has(KeyAccessToken) {
+		return []string{KeyAccessToken}
+	}
+	return nil
+}
+
+// Bootstrap implements provider.Provider. It introspects the credentials'
+// access_token; a short-lived user token is exchanged for a long-lived one,
+// any other kind is adopted as is.
+func (c *Client) Bootstrap(ctx context.Context, req provider.Request, grant string) (*provider.Token, error) {
+	if err := c.ValidateCredentials(req.Credentials); err != nil {
+		return nil, err
+	}
+	if grant != KeyAccessToken {
+		return nil, &provider.Error{Kind: provider.KindConfiguration, Reason: "UnsupportedGrant", Op: "bootstrap",
+			Message: fmt.Sprintf("Facebook can only bootstrap from credentials key access_token, not %q", safeKey(grant))}
+	}
+	version, err := graphVersion(req.Spec)
+	if err != nil {
+		return nil, err
+	}
+	creds := req.Credentials
+	input := creds.Get(KeyAccessToken)
+
+	tok, err := c.debugToken(ctx, version, creds, input)
+	if err != nil {
+		return nil, err
+	}
+	tok.AccessToken = input
+	if tok.Type != TypeUserShortLived {
+		return tok, nil
+	}
+
+	// Short-lived user token: exchange it at once.
+	ex, err := c.exchange(ctx, OpExchange, version, creds, input)
+	if err != nil {
+		return nil, err
+	}
+	now := c.clock.Now()
+	out := &provider.Token{
+		AccessToken:         ex.accessToken,
+		ObtainedAt:          now,
+		Type:                TypeUserLongLived,
+		Refreshable:         false,
+		Scopes:              tok.Scopes,
+		DataAccessExpiresAt: tok.DataAccessExpiresAt,
+	}
+	if ex.hasExpiresIn {
+		out.Expires = true
+		out.ExpiresAt = now.Add(ex.expiresIn)
+	}
+	// Ask debug_token about the new token anyway: data access expiry and
+	// scopes, and the expiry when expires_in was absent.
+	t2, derr := c.debugToken(ctx, version, creds, ex.accessToken)
+	if derr != nil {
+		if ex.hasExpiresIn {
+			// The expiry is known; the rest was learnt from the
+			// short-lived token of the same user and app.
+			return out, nil
+		}
+		return nil, derr
+	}
+	if !ex.hasExpiresIn {
+		out.Expires = t2.Expires
+		out.ExpiresAt = t2.ExpiresAt
+	}
+	out.DataAccessExpiresAt = t2.DataAccessExpiresAt
+	out.Scopes = t2.Scopes
+	return out, nil
+}
+
+// Refresh implements provider.Provider. It is meant for expiring
+// system-user tokens: the exchange call with set_token_expires_in_60_days.
+func (c *Client) Refresh(ctx context.Context, req provider.Request, current *provider.Token) (*provider.Token, error) {
+	if err := c.ValidateCredentials(req.Credentials); err != nil {
+		return nil, err
+	}
+	if current == nil || current.AccessToken == "" {
+		return nil, &provider.Error{Kind: provider.KindConfiguration, Reason: "NoCurrentToken", Op: OpRefresh,
+			Message: "there is no current token to refresh"}
+	}
+	version, err := graphVersion(req.Spec)
+	if err != nil {
+		return nil, err
+	}
+	creds := req.Credentials
+	ex, err := c.exchange(ctx, OpRefresh, version, creds, current.AccessToken)
+	if err != nil {
+		return nil, err
+	}
+	now := c.clock.Now()
+	out := copyToken(current)
+	out.AccessToken = ex.accessToken
+	out.ObtainedAt = now
+	if ex.hasExpiresIn {
+		out.Expires = true
+		out.ExpiresAt = now.Add(ex.expiresIn)
+		if out.Type == "" {
+			out.Type = TypeSystemUserExpiring
+		}
+	} else {
+		// expires_in absent: neither 60 days nor "never"; ask debug_token.
+		t, err := c.debugToken(ctx, version, creds, ex.accessToken)
+		if err != nil {
+			return nil, err
+		}
+		out.Expires = t.Expires
+		out.ExpiresAt = t.ExpiresAt
+		out.DataAccessExpiresAt = t.DataAccessExpiresAt
+		out.Scopes = t.Scopes
+		out.Type = t.Type
+		out.Refreshable = t.Refreshable
+	}
+
+	if ex.accessToken == current.AccessToken && !extended(current, out) {
+		if current.Type == TypeUserLongLived || current.Type == TypeUserShortLived || out.Type == TypeUserLongLived {
+			return nil, &provider.Error{Kind: provider.KindReauthorize, Reason: "CannotExtendUserToken", Op: OpRefresh,
+				Message: "Facebook returned the same user token without a later expiry: long-lived user tokens cannot be extended server-side; " +
+					"the user must log in again and put a new token in credentials key access_token before it expires"}
+		}
+		return nil, &provider.Error{Kind: provider.KindReauthorize, Reason: "TokenNotExtended", Op: OpRefresh,
+			Message: "Facebook returned the same token without a later expiry: generate a new system-user token in Business Settings " +
+				"and put it in credentials key access_token"}
+	}
+	if out.Type == TypeSystemUserExpiring {
+		out.Refreshable = true
+	}
+	return out, nil
+}
+
+// Probe implements provider.Provider: debug_token on the current token.
+func (c *Client) Probe(ctx context.Context, req provider.Request, current *provider.Token) (*provider.Token, error) {
+	if current == nil || current.AccessToken == "" {
+		return nil, &provider.Error{Kind: provider.KindConfiguration, Reason: "NoCurrentToken", Op: OpDebugToken,
+			Message: "there is no current token to check"}
+	}
+	if err := c.ValidateCredentials(req.Credentials); err != nil {
+		return nil, err
+	}
+	version, err := graphVersion(req.Spec)
+	if err != nil {
+		return nil, err
+	}
+	t, err := c.debugToken(ctx, version, req.Credentials, current.AccessToken)
+	if err != nil {
+		return nil, err
+	}
+	out := copyToken(current)
+	out.Expires = t.Expires
+	out.ExpiresAt = t.ExpiresAt
+	out.DataAccessExpiresAt = t.DataAccessExpiresAt
+	out.Scopes = t.Scopes
+	out.Type = t.Type
+	out.Refreshable = t.Refreshable
+	return out, nil
+}
+
+// extended reports whether next expires meaningfully later than cur.
+func extended(cur, next *provider.Token) bool {
+	if !next.Expires {
+		// Now non-expiring (and was expiring): that is an extension.
+		return cur.Expires
+	}
+	if !cur.Expires {
+		return false
+	}
+	return next.ExpiresAt.After(cur.ExpiresAt.Add(noExtensionTolerance))
+}
+
+func copyToken(t *provider.Token) *provider.Token {
+	out := *t
+	if t.Scopes != nil {
+		out.Scopes = append([]string(nil), t.Scopes...)
+	}
+	return &out
+}
+
+func graphVersion(spec *tokensv1alpha1.ManagedTokenSpec) (string, error) {
+	v := ""
+	if spec != nil && spec.Facebook != nil {
+		v = strings.TrimSpace(spec.Facebook.GraphAPIVersion)
+	}
+	if v == "" {
+		return tokensv1alpha1.DefaultGraphAPIVersion, nil
+	}
+	if !versionRE.MatchString(v) {
+		return "", &provider.Error{Kind: provider.KindConfiguration, Reason: "InvalidGraphAPIVersion", Op: "config",
+			Message: "spec.facebook.graphAPIVersion must look like v26.0"}
+	}
+	return v, nil
+}
+
+// safeKey keeps a credentials key name printable and short (it is a key
+// name, not a value, but stays bounded anyway).
+func safeKey(s string) string {
+	if len(s) > 64 {
+		s = s[:64]
+	}
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return -1
+		}
+		return r
+	}, s)
+}
+
+// --- HTTP ---
+
+type response struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+// get performs one GET. The returned error is always a *provider.Error whose
+// text holds neither the URL nor any value sent.
+func (c *Client) get(ctx context.Context, op, version, path string, q url.Values) (*response, error) {
+	if c.baseErr {
+		return nil, &provider.Error{Kind: provider.KindConfiguration, Reason: "InvalidBaseURL", Op: op,
+			Message: "the Facebook base URL (--facebook-url) is not an absolute URL without query"}
+	}
+	u := *c.base
+	u.Path = strings.TrimRight(c.base.Path, "/") + "/" + version + path
+	u.RawPath = ""
+	u.RawQuery = q.Encode()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		// err would quote the URL: never wrap it.
+		return nil, &provider.Error{Kind: provider.KindConfiguration, Reason: "InvalidBaseURL", Op: op,
+			Message: "could not build the request URL from the Facebook base URL"}
+	}
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", "tokenkeeper")
+
+	start := c.clock.Now()
+	resp, err := c.http.Do(req)
+	if err != nil {
+		c.observeReq(op, 0, start)
+		return nil, provider.TransportError(op, err)
+	}
+	defer func() {
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxBodyBytes))
+		_ = resp.Body.Close()
+	}()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBodyBytes+1))
+	c.observeReq(op, resp.StatusCode, start)
+	if err != nil {
+		return nil, provider.TransportError(op, err)
+	}
+	if len(body) > maxBodyBytes {
+		return nil, &provider.Error{Kind: provider.KindTransient, Reason: "ResponseTooLarge", Op: op, HTTPStatus: resp.StatusCode,
+			Message: "Facebook's answer is larger than 1 MiB"}
+	}
+	return &response{status: resp.StatusCode, header: resp.Header, body: body}, nil
+}
+
+func (c *Client) observeReq(op string, code int, start time.Time) {
+	if c.observe != nil {
+		c.observe(ProviderName, op, code, c.clock.Since(start))
+	}
+}
+
+// --- exchange / refresh ---
+
+type exchangeResult struct {
+	accessToken  string
+	expiresIn    time.Duration
+	hasExpiresIn bool
+}
+
+func (c *Client) exchange(ctx context.Context, op, version string, creds provider.Credentials, token string) (*exchangeResult, error) {
+	appID, secret := creds.Get(KeyAppID), creds.Get(KeyAppSecret)
+	q := url.Values{}
+	q.Set("grant_type", grantTypeExchange)
+	q.Set("client_id", appID)
+	q.Set("client_secret", secret)
+	q.Set("fb_exchange_token", token)
+	if op == OpRefresh {
+		q.Set(paramSetTokenExpiresIn60Days, "true")
+	}
+	resp, err := c.get(ctx, op, version, pathExchange, q)
+	if err != nil {
+		return nil, err
+	}
+	sc := scrubber{secret, appID + "|" + secret, token}
+	obj, err := c.interpret(op, resp, sc)
+	if err != nil {
+		return nil, err
+	}
+	var at string
+	if raw, ok := obj["access_token"]; ok {
+		_ = json.Unmarshal(raw, &at)
+	}
+	at = strings.TrimSpace(at)
+	if at == "" {
+		return nil, &provider.Error{Kind: provider.KindTransient, Reason: "MalformedResponse", Op: op, HTTPStatus: resp.status,
+			Message: "Facebook's token endpoint answered without an access_token"}
+	}
+	res := &exchangeResult{accessToken: at}
+	if raw, ok := obj["expires_in"]; ok {
+		var n flexInt
+		if json.Unmarshal(raw, &n) == nil && n > 0 {
+			res.expiresIn = time.Duration(n) * time.Second
+			res.hasExpiresIn = true
+		}
+	}
+	return res, nil
+}
+
+// interpret turns a response into its JSON object, or a classified error.
+// A Graph API error envelope is classified whatever the HTTP status.
+func (c *Client) interpret(op string, resp *response, sc scrubber) (map[string]json.RawMessage, error) {
+	var obj map[string]json.RawMessage
+	jsonErr := json.Unmarshal(resp.body, &obj)
+	if jsonErr == nil && obj != nil {
+		if raw, ok := obj["error"]; ok {
+			if ae, ok := parseAPIError(raw); ok {
+				src := srcTokenEndpoint
+				if op == OpDebugToken {
+					src = srcDebugEnvelope
+				}
+				return nil, c.classify(op, resp.status, resp.header, ae, src, sc)
+			}
+		}
+		if resp.status >= 200 && resp.status < 300 {
+			return obj, nil
+		}
+		if op == OpDebugToken {
+			if _, ok := obj["data"]; ok {
+				// An invalid input token may come back with a 400 and
+				// the usual data.error body.
+				return obj, nil
+			}
+		}
+	}
+	switch {
+	case resp.status == http.StatusTooManyRequests:
+		return nil, &provider.Error{Kind: provider.KindThrottled, Reason: "RateLimited", Op: op, HTTPStatus: resp.status,
+			RetryAfter: retryAfter(resp.header, c.clock.Now()),
+			Message:    "Facebook answered HTTP 429 Too Many Requests"}
+	case resp.status >= 500:
+		return nil, &provider.Error{Kind: provider.KindTransient, Reason: "ServerError", Op: op, HTTPStatus: resp.status,
+			Message: fmt.Sprintf("Facebook answered HTTP %d without a Graph API error body", resp.status)}
+	case resp.status < 200 || resp.status >= 300:
+		return nil, &provider.Error{Kind: provider.KindTransient, Reason: "UnexpectedResponse", Op: op, HTTPStatus: resp.status,
+			Message: fmt.Sprintf("Facebook answered HTTP %d without a Graph API error body", resp.status)}
+	}
+	return nil, &provider.Error{Kind: provider.KindTransient, Reason: "MalformedResponse", Op: op, HTTPStatus: resp.status,
+		Message: "Facebook's answer is not the expected JSON object"}
+}
+
+// --- debug_token ---
+
+type debugData struct {
+	AppID               flexString `json:"app_id"`
+	Type                string     `json:"type"`
+	Application         string     `json:"application"`
+	ExpiresAt           flexInt    `json:"expires_at"`
+	DataAccessExpiresAt flexInt    `json:"data_access_expires_at"`
+	IsValid             flexBool   `json:"is_valid"`
+	IssuedAt            *flexInt   `json:"issued_at"`
+	Scopes              []string   `json:"scopes"`
+	GranularScopes      []struct {
+		Scope     string   `json:"scope"`
+		TargetIDs []string `json:"target_ids"`
+	} `json:"granular_scopes"`
+	UserID    flexString      `json:"user_id"`
+	ProfileID flexString      `json:"profile_id"`
+	Error     json.RawMessage `json:"error"`
+}
+
+// debugToken introspects input and returns what it learnt as a Token
+// (AccessToken empty, ObtainedAt now), or a classified error.
+func (c *Client) debugToken(ctx context.Context, version string, creds provider.Credentials, input string) (*provider.Token, error) {
+	appID, secret := creds.Get(KeyAppID), creds.Get(KeyAppSecret)
+	q := url.Values{}
+	q.Set("input_token", input)
+	q.Set("access_token", appID+"|"+secret)
+	resp, err := c.get(ctx, OpDebugToken, version, pathDebugToken, q)
+	if err != nil {
+		return nil, err
+	}
+	sc := scrubber{secret, appID + "|" + secret, input}
+	obj, err := c.interpret(OpDebugToken, resp, sc)
+	if err != nil {
+		return nil, err
+	}
+	raw, ok := obj["data"]
+	var d debugData
+	if !ok || json.Unmarshal(raw, &d) != nil {
+		return nil, &provider.Error{Kind: provider.KindTransient, Reason: "MalformedResponse", Op: OpDebugToken, HTTPStatus: resp.status,
+			Message: "Facebook's debug_token answer has no readable data object"}
+	}
+	if !bool(d.IsValid) {
+		if ae, ok := parseAPIError(d.Error); ok {
+			return nil, c.classify(OpDebugToken, resp.status, resp.header, ae, srcDebugData, sc)
+		}
+		return nil, &provider.Error{Kind: provider.KindReauthorize, Reason: "TokenInvalid", Op: OpDebugToken, HTTPStatus: resp.status,
+			Message: "Facebook reports the token as not valid: put a new token in credentials key access_token"}
+	}
+	if got := strings.TrimSpace(string(d.AppID)); got != "" && got != appID {
+		return nil, &provider.Error{Kind: provider.KindConfiguration, Reason: "AppMismatch", Op: OpDebugToken, HTTPStatus: resp.status,
+			Message: fmt.Sprintf("the token belongs to Facebook app %s, not to the app in credentials key app_id (%s): use a token of this app or fix app_id/app_secret",
+				safeID(got), safeID(appID))}
+	}
+	t, err := tokenFromDebug(&d, c.clock.Now())
+	if err != nil {
+		if pe, ok := err.(*provider.Error); ok {
+			pe.HTTPStatus = resp.status
+		}
+		return nil, err
+	}
+	return t, nil
+}
+
+// safeID keeps an app ID printable: digits only, bounded.
+func safeID(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if r >= '0' && r <= '9' && b.Len() < 32 {
+			b.WriteRune(r)
+		}
+	}
+	if b.Len() == 0 {
+		return "(non-numeric)"
+	}
+	return b.String()
+}
+
+// tokenFromDebug decides the token kind from a valid debug_token answer.
+// AccessToken is left empty.
+func tokenFromDebug(d *debugData, now time.Time) (*provider.Token, error) {
+	t := &provider.Token{ObtainedAt: now}
+	if d.ExpiresAt != 0 {
+		t.Expires = true
+		t.ExpiresAt = time.Unix(int64(d.ExpiresAt), 0).UTC()
+	}
+	if d.DataAccessExpiresAt != 0 {
+		t.DataAccessExpiresAt = time.Unix(int64(d.DataAccessExpiresAt), 0).UTC()
+	}
+	if len(d.Scopes) > 0 {
+		t.Scopes = append([]string(nil), d.Scopes...)
+	}
+	switch strings.ToUpper(strings.TrimSpace(d.Type)) {
+	case "USER":
+		short := d.IssuedAt == nil || *d.IssuedAt == 0
+		if !short && t.Expires {
+			short = time.Duration(int64(d.ExpiresAt)-int64(*d.IssuedAt))*time.Second <= shortLivedThreshold
+		}
+		if short {
+			t.Type = TypeUserShortLived
+		} else {
+			t.Type = TypeUserLongLived
+		}
+	case "SYSTEM_USER":
+		if t.Expires {
+			t.Type = TypeSystemUserExpiring
+			t.Refreshable = true
+		} else {
+			t.Type = TypeSystemUserNonExpiring
+		}
+	case "PAGE":
+		t.Type = TypePage
+	case "APP":
+		t.Type = TypeApp
+		t.Expires = false
+		t.ExpiresAt = time.Time{}
+	case "":
+		return nil, &provider.Error{Kind: provider.KindTransient, Reason: "MalformedResponse", Op: OpDebugToken,
+			Message: "Facebook's debug_token answer has no token type"}
+	default:
+		return nil, &provider.Error{Kind: provider.KindConfiguration, Reason: "UnsupportedTokenType", Op: OpDebugToken,
+			Message: "unsupported Facebook token type " + strings.Map(func(r rune) rune {
+				if (r >= 'A' && r <= 'Z') || r == '_' {
+					return r
+				}
+				return -1
+			}, strings.ToUpper(d.Type)) + ": use a user, system-user, Page or app token"}
+	}
+	return t, nil
+}
