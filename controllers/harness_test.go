@@ -111,7 +111,7 @@ type harness struct {
 	mt     *tokensv1alpha1.ManagedToken
 }
 
-func newHarness(t *testing.T, amoOpts amocrmfake.Options) *harness {
+func newHarness(t *testing.T, amoOpts amocrmfake.Options, fbOpts ...facebookfake.Options) *harness {
 	t.Helper()
 	h := &harness{
 		t:      t,
@@ -124,7 +124,12 @@ func newHarness(t *testing.T, amoOpts amocrmfake.Options) *harness {
 	amoOpts.ClientID, amoOpts.ClientSecret, amoOpts.RedirectURI = testClientID, testClientSecret, testRedirectURI
 	amoOpts.Clock = h.clk
 	h.amo = amocrmfake.New(amoOpts)
-	h.fb = facebookfake.New(facebookfake.Options{AppID: testAppID, AppSecret: testAppSecret, Clock: h.clk})
+	var fo facebookfake.Options
+	if len(fbOpts) > 0 {
+		fo = fbOpts[0]
+	}
+	fo.AppID, fo.AppSecret, fo.Clock = testAppID, testAppSecret, h.clk
+	h.fb = facebookfake.New(fo)
 	amoSrv := httptest.NewServer(h.amo)
 	fbSrv := httptest.NewServer(h.fb)
 	t.Cleanup(amoSrv.Close)
