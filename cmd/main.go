@@ -15,13 +15,9 @@ import (
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
-
-	corev1 "k8s.io/api/core/v1"
 
 	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
 	"github.com/tokenkeeper/tokenkeeper/controllers"
@@ -35,12 +31,12 @@ const inClusterNamespaceFile = "/var/run/secrets/kubernetes.io/serviceaccount/na
 
 func main() {
 	var (
-		metricsAddr, probeAddr, leaderNS   string
-		facebookURL, amocrmURL             string
-		leaderElect, secureMetrics         bool
-		qps                                float64
-		burst, maxConcurrent               int
-		providerTimeout                    time.Duration
+		metricsAddr, probeAddr, leaderNS string
+		facebookURL, amocrmURL           string
+		leaderElect, secureMetrics       bool
+		qps                              float64
+		burst, maxConcurrent             int
+		providerTimeout                  time.Duration
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "The address the metrics endpoint binds to. Use 0 to disable it.")
 	flag.BoolVar(&secureMetrics, "metrics-secure", false, "Serve metrics over HTTPS with authentication and authorization.")
@@ -115,13 +111,7 @@ func run(c runConfig) error {
 		LeaderElectionNamespace: c.leaderNS,
 		// Release the lease on a clean stop so a new pod takes over at once.
 		LeaderElectionReleaseOnCancel: true,
-		Cache: cache.Options{
-			// Only the Secrets the operator writes are cached; credentials
-			// Secrets are read directly and watched as metadata only.
-			ByObject: map[client.Object]cache.ByObject{
-				&corev1.Secret{}: {Label: controllers.OwnedSecretsSelector()},
-			},
-		},
+		Cache:                         controllers.ManagerCacheOptions(),
 	})
 	if err != nil {
 		return fmt.Errorf("creating manager: %w", err)

@@ -217,4 +217,3 @@ func TestLongNameIsRejected(t *testing.T) {
 		t.Fatalf("a 64-character name must be refused: %v", err)
 	}
 }
-

@@ -30,6 +30,15 @@ func OwnedSecretsSelector() labels.Selector {
 	return labels.SelectorFromSet(labels.Set{tokensv1alpha1.ManagedByLabel: tokensv1alpha1.ManagedByValue})
 }
 
+// ManagerCacheOptions is the manager's cache configuration: only the Secrets
+// the operator writes are cached. Credentials Secrets are read directly and
+// watched through NewCredentialsCache.
+func ManagerCacheOptions() cache.Options {
+	return cache.Options{ByObject: map[client.Object]cache.ByObject{
+		&corev1.Secret{}: {Label: OwnedSecretsSelector()},
+	}}
+}
+
 // NewCredentialsCache returns a cache for the metadata of all Secrets, used
 // only to notice changes of credentials Secrets within seconds. It is apart
 // from the manager's cache because that one selects Secrets by label (per

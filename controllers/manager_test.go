@@ -1,0 +1,280 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/clock"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
+	"github.com/tokenkeeper/tokenkeeper/internal/metrics"
+	"github.com/tokenkeeper/tokenkeeper/internal/provider"
+	"github.com/tokenkeeper/tokenkeeper/internal/provider/amocrm"
+	"github.com/tokenkeeper/tokenkeeper/internal/provider/amocrm/amocrmfake"
+	"github.com/tokenkeeper/tokenkeeper/internal/provider/facebook"
+	"github.com/tokenkeeper/tokenkeeper/internal/provider/facebook/facebookfake"
+)
+
+// startManager runs a manager wired as cmd/main.go wires it (label-selected
+// Secret cache, metadata-only credentials cache) against the fakes. With
+// metricsAddr set, it serves metrics there (only one manager per process
+// may register the metrics).
+func startManager(t *testing.T, amoURL, fbURL, metricsAddr string) (stop func()) {
+	t.Helper()
+	bind := "0"
+	if metricsAddr != "" {
+		bind = metricsAddr
+	}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:  scheme,
+		Metrics: metricsserver.Options{BindAddress: bind},
+		Cache:   ManagerCacheOptions(),
+		// Several managers start in one test process.
+		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	credsCache, err := NewCredentialsCache(mgr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mgr.Add(credsCache); err != nil {
+		t.Fatal(err)
+	}
+	var m *metrics.Metrics
+	observe := provider.RequestObserver(nil)
+	if metricsAddr != "" {
+		m = metrics.New()
+		if err := m.Register(mgr.GetCache()); err != nil {
+			t.Fatal(err)
+		}
+		observe = m.ObserveRequest
+	}
+	r := &ManagedTokenReconciler{
+		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Scheme: mgr.GetScheme(),
+		Recorder: mgr.GetEventRecorder("tokenkeeper"), Clock: clock.RealClock{},
+		Providers: map[tokensv1alpha1.Provider]provider.Provider{
+			tokensv1alpha1.ProviderAmoCRM:   amocrm.New(amocrm.Options{BaseURL: amoURL, Observe: observe}),
+			tokensv1alpha1.ProviderFacebook: facebook.New(facebook.Options{BaseURL: fbURL, Observe: observe}),
+		},
+	}
+	if m != nil {
+		r.Metrics = m
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := r.SetupWithManager(ctx, mgr, credsCache, 2); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	return func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("manager: %v", err)
+		}
+	}
+}
+
+func eventually(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("timed out after %v waiting for %s", timeout, what)
+}
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func scrape(t *testing.T, addr string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+func TestManagerEndToEnd(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	amo := amocrmfake.New(amocrmfake.Options{ClientID: testClientID, ClientSecret: testClientSecret, RedirectURI: testRedirectURI})
+	fb := facebookfake.New(facebookfake.Options{AppID: testAppID, AppSecret: testAppSecret})
+	amoSrv, fbSrv := httptest.NewServer(amo), httptest.NewServer(fb)
+	defer amoSrv.Close()
+	defer fbSrv.Close()
+	secrets := func() []string {
+		return append(append(amo.Secrets(), fb.Secrets()...), testClientSecret, testAppSecret)
+	}
+
+	mk := func(name string, data map[string]string) {
+		if err := k8sClient.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, StringData: data}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mk("amocrm-oauth", map[string]string{"client_id": testClientID, "client_secret": testClientSecret, "refresh_token": amo.IssueRefreshToken()})
+	mk("facebook-app", map[string]string{"app_id": testAppID, "app_secret": testAppSecret, "access_token": fb.IssueToken(facebookfake.KindSystemUserNonExpiring, time.Time{})})
+	replicas := int32(1)
+	dep := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "consumer"},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: &replicas,
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "consumer"}},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "consumer"}},
+				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "busybox"}}},
+			},
+		},
+	}
+	if err := k8sClient.Create(ctx, dep); err != nil {
+		t.Fatal(err)
+	}
+	crm := validAmoCRM(ns, "crm")
+	crm.Spec.AmoCRM.RedirectURI = testRedirectURI
+	crm.Spec.RolloutRestartTargets = []tokensv1alpha1.RolloutRestartTarget{{Kind: "Deployment", Name: "consumer"}}
+	ads := validFacebook(ns, "ads")
+	for _, mt := range []*tokensv1alpha1.ManagedToken{crm, ads} {
+		if err := k8sClient.Create(ctx, mt); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	metricsAddr := freeAddr(t)
+	stop := startManager(t, amoSrv.URL, fbSrv.URL, metricsAddr)
+	ready := func(name string) bool {
+		mt := &tokensv1alpha1.ManagedToken{}
+		if err := k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, mt); err != nil {
+			return false
+		}
+		return meta.IsStatusConditionTrue(mt.Status.Conditions, tokensv1alpha1.ConditionReady)
+	}
+	eventually(t, "both tokens Ready", 30*time.Second, func() bool { return ready("crm") && ready("ads") })
+
+	// Metrics: series for both tokens, computed from the cache.
+	var body string
+	eventually(t, "expiry gauge for crm", 10*time.Second, func() bool {
+		body = scrape(t, metricsAddr)
+		return strings.Contains(body, fmt.Sprintf(`tokenkeeper_token_expiration_timestamp_seconds{name="crm",namespace=%q,provider="AmoCRM"}`, ns))
+	})
+	for _, want := range []string{
+		fmt.Sprintf(`tokenkeeper_token_ready{condition="True",name="crm",namespace=%q,provider="AmoCRM"} 1`, ns),
+		fmt.Sprintf(`tokenkeeper_token_ready{condition="True",name="ads",namespace=%q,provider="Facebook"} 1`, ns),
+		fmt.Sprintf(`tokenkeeper_token_reauthorization_required{name="ads",namespace=%q,provider="Facebook"} 0`, ns),
+		`tokenkeeper_provider_requests_total{code="200",operation="refresh_token",provider="AmoCRM"}`,
+		`tokenkeeper_refresh_total{provider="AmoCRM",result="success"}`,
+		`tokenkeeper_provider_request_duration_seconds_bucket{operation="debug_token",provider="Facebook"`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	if strings.Contains(body, `tokenkeeper_token_expiration_timestamp_seconds{name="ads"`) {
+		t.Error("a non-expiring token must have no expiry series")
+	}
+	if l := leaked(body, secrets()); len(l) > 0 {
+		t.Fatalf("secret values in metrics: %v", l)
+	}
+
+	// Deleting a ManagedToken removes its series.
+	if err := k8sClient.Delete(ctx, ads); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "series of the deleted token to disappear", 10*time.Second, func() bool {
+		return !strings.Contains(scrape(t, metricsAddr), `name="ads"`)
+	})
+
+	// A changed credentials Secret is noticed within seconds (metadata watch).
+	restartsBefore := restartedAt(t, ns)
+	fresh := amo.IssueRefreshToken()
+	creds := &corev1.Secret{}
+	if err := k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: "amocrm-oauth"}, creds); err != nil {
+		t.Fatal(err)
+	}
+	creds.StringData = map[string]string{"refresh_token": fresh}
+	if err := k8sClient.Update(ctx, creds); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the new refresh token to be consumed", 10*time.Second, func() bool {
+		out := &corev1.Secret{}
+		return k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: crm.Spec.SecretName}, out) == nil &&
+			string(out.Data["access_token"]) == amo.CurrentAccessToken() && amo.Calls("refresh_token") == 2
+	})
+	// The published token changed once: the consumer restarted once.
+	eventually(t, "a rollout restart", 10*time.Second, func() bool { return restartedAt(t, ns) != restartsBefore })
+	after := restartedAt(t, ns)
+	// Ten no-op reconciles (an unrelated annotation) restart nothing.
+	for i := 0; i < 10; i++ {
+		mt := &tokensv1alpha1.ManagedToken{}
+		if err := k8sClient.Get(ctx, client.ObjectKeyFromObject(crm), mt); err != nil {
+			t.Fatal(err)
+		}
+		p := client.MergeFrom(mt.DeepCopy())
+		if mt.Annotations == nil {
+			mt.Annotations = map[string]string{}
+		}
+		mt.Annotations["example.com/touch"] = fmt.Sprint(i)
+		if err := k8sClient.Patch(ctx, mt, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(2 * time.Second)
+	if got := restartedAt(t, ns); got != after {
+		t.Fatalf("no-op reconciles restarted the consumer: %q -> %q", after, got)
+	}
+	stop()
+
+	// A second manager on the same control plane makes no provider calls for
+	// tokens that are not due.
+	tokenCalls, probes := amo.Calls("token"), amo.Calls("account")
+	stop2 := startManager(t, amoSrv.URL, fbSrv.URL, "")
+	time.Sleep(4 * time.Second)
+	stop2()
+	if amo.Calls("token") != tokenCalls || amo.Calls("account") != probes {
+		t.Fatalf("a restarted manager called the provider: token %d->%d, account %d->%d",
+			tokenCalls, amo.Calls("token"), probes, amo.Calls("account"))
+	}
+	if amo.ReusedRefreshTokens() != 0 {
+		t.Fatal("a refresh token was reused")
+	}
+	if l := leaked(logSink.String(), secrets()); len(l) > 0 {
+		t.Fatalf("secret values in the manager log: %v", l)
+	}
+}
+
+func restartedAt(t *testing.T, ns string) string {
+	t.Helper()
+	d := &appsv1.Deployment{}
+	if err := k8sClient.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "consumer"}, d); err != nil {
+		t.Fatal(err)
+	}
+	return d.Spec.Template.Annotations[tokensv1alpha1.RestartedAtAnnotation]
+}
