@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -35,23 +37,26 @@ import (
 // Secret cache, metadata-only credentials cache) against the fakes. With
 // metricsAddr set, it serves metrics there (only one manager per process
 // may register the metrics).
-func startManager(t *testing.T, amoURL, fbURL, metricsAddr string) (stop func()) {
+func startManager(t *testing.T, ns, amoURL, fbURL, metricsAddr string) (stop func()) {
 	t.Helper()
 	bind := "0"
 	if metricsAddr != "" {
 		bind = metricsAddr
 	}
+	// Only this test's namespace: other tests leave ManagedTokens behind.
+	cacheOpts := ManagerCacheOptions()
+	cacheOpts.DefaultNamespaces = map[string]cache.Config{ns: {}}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:  scheme,
 		Metrics: metricsserver.Options{BindAddress: bind},
-		Cache:   ManagerCacheOptions(),
+		Cache:   cacheOpts,
 		// Several managers start in one test process.
 		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	credsCache, err := NewCredentialsCache(mgr)
+	credsCache, err := NewCredentialsCache(mgr, ns)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,12 +89,17 @@ func startManager(t *testing.T, amoURL, fbURL, metricsAddr string) (stop func())
 	}
 	done := make(chan error, 1)
 	go func() { done <- mgr.Start(ctx) }()
-	return func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("manager: %v", err)
-		}
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("manager: %v", err)
+			}
+		})
 	}
+	t.Cleanup(stop)
+	return stop
 }
 
 func eventually(t *testing.T, what string, timeout time.Duration, cond func() bool) {
@@ -169,7 +179,7 @@ func TestManagerEndToEnd(t *testing.T) {
 	}
 
 	metricsAddr := freeAddr(t)
-	stop := startManager(t, amoSrv.URL, fbSrv.URL, metricsAddr)
+	stop := startManager(t, ns, amoSrv.URL, fbSrv.URL, metricsAddr)
 	ready := func(name string) bool {
 		mt := &tokensv1alpha1.ManagedToken{}
 		if err := k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, mt); err != nil {
@@ -197,7 +207,7 @@ func TestManagerEndToEnd(t *testing.T) {
 			t.Errorf("metrics lack %s", want)
 		}
 	}
-	if strings.Contains(body, `tokenkeeper_token_expiration_timestamp_seconds{name="ads"`) {
+	if strings.Contains(body, fmt.Sprintf(`tokenkeeper_token_expiration_timestamp_seconds{name="ads",namespace=%q`, ns)) {
 		t.Error("a non-expiring token must have no expiry series")
 	}
 	if l := leaked(body, secrets()); len(l) > 0 {
@@ -209,7 +219,7 @@ func TestManagerEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "series of the deleted token to disappear", 10*time.Second, func() bool {
-		return !strings.Contains(scrape(t, metricsAddr), `name="ads"`)
+		return !strings.Contains(scrape(t, metricsAddr), fmt.Sprintf(`name="ads",namespace=%q`, ns))
 	})
 
 	// A changed credentials Secret is noticed within seconds (metadata watch).
@@ -255,7 +265,7 @@ func TestManagerEndToEnd(t *testing.T) {
 	// A second manager on the same control plane makes no provider calls for
 	// tokens that are not due.
 	tokenCalls, probes := amo.Calls("token"), amo.Calls("account")
-	stop2 := startManager(t, amoSrv.URL, fbSrv.URL, "")
+	stop2 := startManager(t, ns, amoSrv.URL, fbSrv.URL, "")
 	time.Sleep(4 * time.Second)
 	stop2()
 	if amo.Calls("token") != tokenCalls || amo.Calls("account") != probes {

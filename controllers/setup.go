@@ -45,11 +45,21 @@ func ManagerCacheOptions() cache.Options {
 // GVK, so a metadata-only informer there would inherit the selector), and it
 // keeps nothing but name, namespace and resourceVersion: annotations such as
 // kubectl's last-applied-configuration can carry Secret data.
-func NewCredentialsCache(mgr ctrl.Manager) (cache.Cache, error) {
+//
+// namespaces, when given, restricts the watch to them.
+func NewCredentialsCache(mgr ctrl.Manager, namespaces ...string) (cache.Cache, error) {
+	var byNS map[string]cache.Config
+	for _, ns := range namespaces {
+		if byNS == nil {
+			byNS = map[string]cache.Config{}
+		}
+		byNS[ns] = cache.Config{}
+	}
 	return cache.New(mgr.GetConfig(), cache.Options{
-		HTTPClient: mgr.GetHTTPClient(),
-		Scheme:     mgr.GetScheme(),
-		Mapper:     mgr.GetRESTMapper(),
+		DefaultNamespaces: byNS,
+		HTTPClient:        mgr.GetHTTPClient(),
+		Scheme:            mgr.GetScheme(),
+		Mapper:            mgr.GetRESTMapper(),
 		DefaultTransform: func(in any) (any, error) {
 			if m, ok := in.(*metav1.PartialObjectMetadata); ok {
 				m.ObjectMeta = metav1.ObjectMeta{Name: m.Name, Namespace: m.Namespace, ResourceVersion: m.ResourceVersion, UID: m.UID}
