@@ -82,8 +82,8 @@ func TestAmoCRMReadyPathAndRotations(t *testing.T) {
 	if n := h.amo.ReusedRefreshTokens(); n != 0 {
 		t.Fatalf("the fake saw %d reused refresh tokens", n)
 	}
-	if n := h.events.count("TokenRefreshed"); n != 6 {
-		t.Fatalf("TokenRefreshed events = %d, want 6", n)
+	if n, b := h.events.count("TokenRefreshed"), h.events.count("TokenObtained"); n != 5 || b != 1 {
+		t.Fatalf("TokenRefreshed events = %d, TokenObtained = %d, want 5 and 1", n, b)
 	}
 }
 

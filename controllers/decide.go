@@ -28,6 +28,7 @@ func (a action) String() string {
 // Reasons a decision gives (logged, never shown as a condition reason).
 const (
 	whyHalted           = "HaltedUntilInputsChange"
+	whyResume           = "InputsChangedAfterHalt"
 	whyBackoff          = "BackingOff"
 	whyNewGrant         = "NewGrantInCredentials"
 	whyNoToken          = "NoToken"
@@ -61,6 +62,8 @@ type decisionInput struct {
 	// Halted: a failure that needs a human stopped provider calls, and none of
 	// the inputs has changed since.
 	Halted bool
+	// Resume: calls were halted, and an input has changed since: retry once.
+	Resume bool
 	// RetryAt is when a failure that heals by itself may be retried (zero: no
 	// failure pending).
 	RetryAt time.Time
@@ -89,6 +92,10 @@ func decide(in decisionInput) (action, string) {
 		return actionBootstrap, whyNewGrant
 	case in.Token == nil:
 		return actionNone, whyNoToken
+	case in.Resume && in.Token.Refreshable:
+		return actionRefresh, whyResume
+	case in.Resume:
+		return actionProbe, whyResume
 	case in.Token.Refreshable && in.Token.Expires && !in.Now.Before(refreshAt(in)):
 		return actionRefresh, whyExpiresSoon
 	case in.Token.Refreshable && !in.Token.RefreshTokenExpiresAt.IsZero() &&

@@ -75,6 +75,21 @@ func TestDecide(t *testing.T) {
 			in.Halted = true
 			return in
 		}, actionNone, whyHalted},
+		{"inputs changed after a halt: one refresh of a refreshable token", func() decisionInput {
+			in := base(amo(20 * time.Hour))
+			in.Resume = true
+			return in
+		}, actionRefresh, whyResume},
+		{"inputs changed after a halt: one probe of a monitored token", func() decisionInput {
+			in := base(fbUser(30 * 24 * time.Hour))
+			in.Resume = true
+			return in
+		}, actionProbe, whyResume},
+		{"inputs changed after a halt with a new grant: bootstrap", func() decisionInput {
+			in := base(amo(20 * time.Hour))
+			in.Resume, in.Grant = true, "refresh_token"
+			return in
+		}, actionBootstrap, whyNewGrant},
 		{"backing off: nothing, even when due", func() decisionInput {
 			in := base(amo(time.Hour))
 			in.RetryAt = now.Add(time.Minute)

@@ -201,3 +201,31 @@ func TestFacebookWrongAppSecretIsAConfigurationError(t *testing.T) {
 	}
 	h.wantCond(tokensv1alpha1.ConditionReauthorizationRequired, metav1.ConditionFalse, ReasonAuthorized)
 }
+
+// TestFacebookHaltResumesOnceWhenInputsChange: after a token needs a human,
+// changing the spec retries once and keeps the honest status; it does not
+// report the revoked token as Ready.
+func TestFacebookHaltResumesOnceWhenInputsChange(t *testing.T) {
+	h := newHarness(t, amocrmfake.Options{})
+	tok := h.fb.IssueToken(facebookfake.KindSystemUserNonExpiring, time.Time{})
+	h.fbSetup(tok)
+	h.reconcile()
+	h.fb.Revoke(tok)
+	h.clk.Step(2*time.Hour + time.Minute)
+	h.reconcile()
+	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionFalse, "")
+	calls := h.fb.Calls("debug_token")
+
+	mt := h.get()
+	mt.Spec.CheckInterval = &metav1.Duration{Duration: 3 * time.Hour}
+	if err := k8sClient.Update(h.ctx, mt); err != nil {
+		t.Fatal(err)
+	}
+	h.reconcile()
+	h.reconcile()
+	if got := h.fb.Calls("debug_token") - calls; got != 1 {
+		t.Fatalf("a changed input must retry exactly once, got %d calls", got)
+	}
+	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionFalse, "")
+	h.wantCond(tokensv1alpha1.ConditionReauthorizationRequired, metav1.ConditionTrue, "")
+}

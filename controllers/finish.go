@@ -185,7 +185,11 @@ func (r *ManagedTokenReconciler) emitEvents(rn *run) {
 		return
 	}
 	if rn.obtained && rn.stored && rn.state.Token != nil {
-		r.Recorder.Eventf(rn.mt, nil, corev1.EventTypeNormal, "TokenRefreshed", "Refresh", "obtained a new %s token%s", rn.state.Token.Type, untilText(rn.state.Token))
+		if rn.grant != "" {
+			r.Recorder.Eventf(rn.mt, nil, corev1.EventTypeNormal, "TokenObtained", "Bootstrap", "took a %s token from the credentials Secret's %s%s", rn.state.Token.Type, rn.grant, untilText(rn.state.Token))
+		} else {
+			r.Recorder.Eventf(rn.mt, nil, corev1.EventTypeNormal, "TokenRefreshed", "Refresh", "obtained a new %s token%s", rn.state.Token.Type, untilText(rn.state.Token))
+		}
 	}
 	for _, ct := range []string{tokensv1alpha1.ConditionReady, tokensv1alpha1.ConditionReauthorizationRequired} {
 		if !conditionChanged(rn.before.Status.Conditions, rn.mt.Status.Conditions, ct) {

@@ -109,6 +109,8 @@ type run struct {
 	next *tokenState
 	// obtained is true when next holds a newly issued token.
 	obtained bool
+	// grant is the credentials key a bootstrap consumed ("" for a refresh).
+	grant string
 
 	refreshBefore time.Duration
 	checkInterval time.Duration
@@ -284,6 +286,7 @@ func (rn *run) decisionInput() decisionInput {
 		CheckInterval:  rn.checkInterval,
 		ForceRequested: rn.forceRequest() != "",
 		Halted:         st.HaltedInputs != "" && st.HaltedInputs == rn.inputs(),
+		Resume:         st.HaltedInputs != "" && st.HaltedInputs != rn.inputs(),
 		Jitter:         tokenJitter(string(rn.mt.UID), rn.refreshBefore),
 	}
 	if st.NextRetryTime != nil {
@@ -356,6 +359,7 @@ func (r *ManagedTokenReconciler) refreshOrProbe(ctx context.Context, rn *run) {
 		next := rn.state.withConsumed(fp)
 		next.Token = tok
 		rn.succeed(next, true)
+		rn.grant = grant
 		logger.Info("obtained a token from the credentials Secret", "grant", grant, "tokenType", tok.Type)
 	case actionRefresh:
 		r.refresh(ctx, rn, req)
@@ -400,7 +404,6 @@ func (r *ManagedTokenReconciler) refresh(ctx context.Context, rn *run, req provi
 			if fresh, _, rerr := r.readState(ctx, rn.mt); rerr == nil && rotatedElsewhere(rn.state, fresh) {
 				logger.Info("refresh token was already rotated elsewhere; using the stored pair")
 				rn.state, rn.soon = fresh, true
-				r.count(rn, "refresh", nil)
 				return
 			}
 		}
