@@ -29,8 +29,12 @@ help: ## Display this help.
 ##@ Development
 
 .PHONY: manifests
-manifests: ## Generate the CRD and RBAC manifests from the markers.
+manifests: ## Generate the CRD and RBAC manifests from the markers, and the chart's copies.
 	$(CONTROLLER_GEN) rbac:roleName=manager-role crd paths="./api/...;./controllers/..." output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
+	cp config/crd/bases/tokens.tokenkeeper.dev_managedtokens.yaml charts/tokenkeeper/crds/
+	cp config/rbac/role.yaml charts/tokenkeeper/files/manager-role.yaml
+	cp config/prometheus/rules.yaml charts/tokenkeeper/files/rules.yaml
+	cp config/prometheus/dashboard.json charts/tokenkeeper/files/dashboard.json
 
 .PHONY: generate
 generate: ## Generate DeepCopy methods.
@@ -48,8 +52,13 @@ vet: ## Run go vet.
 envtest-assets: ## Build (once) and print the folder holding kube-apiserver and etcd.
 	@hack/envtest-assets.sh
 
+.PHONY: tools
+tools: ## Build (once) helm and promtool for the manifest tests; cached like the envtest binaries.
+	@hack/tools.sh helm >/dev/null
+	@hack/tools.sh promtool >/dev/null
+
 .PHONY: test
-test: manifests generate fmt vet ## Run all tests against a real control plane.
+test: manifests generate fmt vet tools ## Run all tests against a real control plane.
 	KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" $(GO) test $(GOTEST_FLAGS) ./...
 
 .PHONY: verify
