@@ -8,6 +8,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
 
 	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
 	"github.com/tokenkeeper/tokenkeeper/internal/provider/amocrm/amocrmfake"
@@ -168,6 +169,30 @@ func TestAmoCRMForcedRefreshHappensExactlyOnce(t *testing.T) {
 	h.reconcile()
 	if got := h.amo.Calls("refresh_token") - calls; got != 2 {
 		t.Fatalf("a second annotation value must cause one more refresh: %d", got)
+	}
+}
+
+// TestAmoCRMForcedRefreshSurvivesAFailedStatusWrite: the handled request is
+// stored with the new pair, so a retry after a failed status write does not
+// refresh again.
+func TestAmoCRMForcedRefreshSurvivesAFailedStatusWrite(t *testing.T) {
+	h := newHarness(t, amocrmfake.Options{})
+	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
+	h.createAmoMT("")
+	h.reconcile()
+	calls := h.amo.Calls("refresh_token")
+	h.annotate("once")
+	h.client.failStatusWrites.Store(1)
+	if _, err := h.r.Reconcile(h.ctx, ctrl.Request{NamespacedName: h.key()}); err == nil {
+		t.Fatal("the injected status failure must surface as a reconcile error")
+	}
+	h.reconcile()
+	h.reconcile()
+	if got := h.amo.Calls("refresh_token") - calls; got != 1 {
+		t.Fatalf("refreshes for one request = %d, want 1", got)
+	}
+	if got := h.get().Status.LastHandledRefreshRequest; got != "once" {
+		t.Fatalf("lastHandledRefreshRequest = %q, want once", got)
 	}
 }
 

@@ -58,6 +58,9 @@ func (r *ManagedTokenReconciler) requeue(rn *run) time.Duration {
 func (r *ManagedTokenReconciler) computeStatus(rn *run) {
 	st := &rn.mt.Status
 	st.ObservedGeneration = rn.mt.Generation
+	if h := rn.state.HandledRequest; rn.stored && h != "" && h == rn.mt.Annotations[tokensv1alpha1.RefreshRequestedAtAnnotation] {
+		st.LastHandledRefreshRequest = h
+	}
 	t := rn.state.Token
 	if rn.stored && t != nil {
 		st.TokenType = t.Type

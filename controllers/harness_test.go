@@ -71,7 +71,25 @@ func (e *eventLog) count(reason string) int {
 // prove a new pair survives a failed store.
 type flakyClient struct {
 	client.Client
-	failStateWrites atomic.Int32
+	failStateWrites  atomic.Int32
+	failStatusWrites atomic.Int32
+}
+
+// Status fails status writes while failStatusWrites > 0.
+func (f *flakyClient) Status() client.SubResourceWriter {
+	return &flakyStatus{SubResourceWriter: f.Client.Status(), f: f}
+}
+
+type flakyStatus struct {
+	client.SubResourceWriter
+	f *flakyClient
+}
+
+func (s *flakyStatus) Patch(ctx context.Context, obj client.Object, patch client.Patch, opts ...client.SubResourcePatchOption) error {
+	if s.f.failStatusWrites.Add(-1) >= 0 {
+		return apierrors.NewServiceUnavailable("injected status write failure")
+	}
+	return s.SubResourceWriter.Patch(ctx, obj, patch, opts...)
 }
 
 func (f *flakyClient) failing(obj client.Object) bool {

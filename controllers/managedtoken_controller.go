@@ -79,13 +79,17 @@ func (r *ManagedTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request
 		r.refreshOrProbe(ctx, rn)
 		r.persistState(ctx, rn)
 	}
-	if err := r.publish(ctx, rn); err != nil {
+	// Status is written even when publishing failed, so what was done (a
+	// refresh, a handled request, a failure) is recorded before a retry.
+	pubErr := r.publish(ctx, rn)
+	if pubErr == nil {
+		pubErr = r.restartConsumers(ctx, rn)
+	}
+	res, err := r.finish(ctx, rn)
+	if err = errors.Join(pubErr, err); err != nil {
 		return ctrl.Result{}, err
 	}
-	if err := r.restartConsumers(ctx, rn); err != nil {
-		return ctrl.Result{}, err
-	}
-	return r.finish(ctx, rn)
+	return res, nil
 }
 
 // run is the working data of one reconcile.
@@ -270,9 +274,6 @@ func (r *ManagedTokenReconciler) storePending(ctx context.Context, rn *run) bool
 	}
 	r.pendingStore().stored(rn.key, rn.mt.UID, e.state)
 	rn.stored = true
-	if e.handledRequest != "" {
-		rn.mt.Status.LastHandledRefreshRequest = e.handledRequest
-	}
 	return true
 }
 
@@ -299,10 +300,11 @@ func (rn *run) decisionInput() decisionInput {
 	return in
 }
 
-// forceRequest returns the refresh-requested-at value when it is new.
+// forceRequest returns the refresh-requested-at value when it is new: not
+// recorded as handled in status, nor in the stored state.
 func (rn *run) forceRequest() string {
 	v := rn.mt.Annotations[tokensv1alpha1.RefreshRequestedAtAnnotation]
-	if v == "" || v == rn.mt.Status.LastHandledRefreshRequest {
+	if v == "" || v == rn.mt.Status.LastHandledRefreshRequest || v == rn.state.HandledRequest {
 		return ""
 	}
 	return v
@@ -344,7 +346,13 @@ func (r *ManagedTokenReconciler) refreshOrProbe(ctx context.Context, rn *run) {
 		return
 	}
 	if in.ForceRequested {
-		rn.mt.Status.LastHandledRefreshRequest = rn.forceRequest()
+		handled := rn.forceRequest()
+		rn.mt.Status.LastHandledRefreshRequest = handled
+		defer func() {
+			if rn.next != nil {
+				rn.next.HandledRequest = handled
+			}
+		}()
 	}
 	req := provider.Request{Spec: &rn.mt.Spec, Credentials: rn.creds}
 	switch act {
@@ -482,7 +490,7 @@ func (r *ManagedTokenReconciler) persistState(ctx context.Context, rn *run) {
 	}
 	if err := r.writeState(ctx, rn.mt, *rn.next); err != nil {
 		if rn.obtained {
-			r.pendingStore().put(rn.key, pendingEntry{uid: rn.mt.UID, state: *rn.next, attempts: 1, handledRequest: rn.mt.Status.LastHandledRefreshRequest})
+			r.pendingStore().put(rn.key, pendingEntry{uid: rn.mt.UID, state: *rn.next, attempts: 1})
 			rn.state, rn.stored, rn.storeErr = *rn.next, false, err
 			log.FromContext(ctx).Error(err, "new token could not be stored; keeping it in memory and retrying")
 		} else {

@@ -37,6 +37,7 @@ const (
 	keyScopes              = "scopes"
 	keyRefreshable         = "refreshable"
 	keyConsumed            = "consumed_grants"
+	keyHandledRequest      = "handled_refresh_request"
 
 	// maxConsumed bounds the remembered grant fingerprints.
 	maxConsumed = 16
@@ -50,6 +51,10 @@ type tokenState struct {
 	Token *provider.Token
 	// Consumed are fingerprints of grants already consumed, newest last.
 	Consumed []string
+	// HandledRequest is the refresh-requested-at value whose refresh produced
+	// this state. It is stored with the new pair, so a failed status write
+	// cannot cause a second refresh for the same request.
+	HandledRequest string
 }
 
 // fingerprint identifies a credentials value without revealing it.
@@ -69,7 +74,7 @@ func (s tokenState) hasConsumed(fp string) bool {
 
 // withConsumed returns a copy of s that remembers fp.
 func (s tokenState) withConsumed(fp string) tokenState {
-	out := tokenState{Token: s.Token, Consumed: append([]string(nil), s.Consumed...)}
+	out := tokenState{Token: s.Token, Consumed: append([]string(nil), s.Consumed...), HandledRequest: s.HandledRequest}
 	if !out.hasConsumed(fp) {
 		out.Consumed = append(out.Consumed, fp)
 	}
@@ -83,6 +88,9 @@ func encodeState(s tokenState) map[string][]byte {
 	d := map[string][]byte{}
 	if len(s.Consumed) > 0 {
 		d[keyConsumed] = []byte(strings.Join(s.Consumed, "\n"))
+	}
+	if s.HandledRequest != "" {
+		d[keyHandledRequest] = []byte(s.HandledRequest)
 	}
 	t := s.Token
 	if t == nil {
@@ -120,6 +128,7 @@ func decodeState(d map[string][]byte) (tokenState, error) {
 	if c := strings.TrimSpace(string(d[keyConsumed])); c != "" {
 		s.Consumed = strings.Split(c, "\n")
 	}
+	s.HandledRequest = string(d[keyHandledRequest])
 	if len(d[keyAccessToken]) == 0 {
 		return s, nil
 	}
@@ -177,8 +186,6 @@ type pendingEntry struct {
 	uid      types.UID
 	state    tokenState
 	attempts int32
-	// handledRequest is the refresh-requested-at value the refresh handled.
-	handledRequest string
 }
 
 type lastEntry struct {
