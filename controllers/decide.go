@@ -69,8 +69,11 @@ type decisionInput struct {
 	RetryAt time.Time
 	// LastCheck is when the token was last checked with the provider.
 	LastCheck time.Time
-	// Jitter is this token's deterministic spread (see tokenJitter).
-	Jitter time.Duration
+	// RefreshJitter and CheckJitter are this token's deterministic spread
+	// (see tokenJitter), each bounded by the interval it shifts, so a check
+	// is never scheduled in the past.
+	RefreshJitter time.Duration
+	CheckJitter   time.Duration
 }
 
 // decide is the whole scheduling policy, as a pure function. It never
@@ -120,7 +123,7 @@ func nextRefreshTime(t *provider.Token, refreshBefore time.Duration) time.Time {
 // nextRefreshTime, brought forward by the token's jitter so that many tokens
 // with the same expiry do not refresh in lockstep.
 func refreshAt(in decisionInput) time.Time {
-	return nextRefreshTime(in.Token, in.RefreshBefore).Add(-in.Jitter)
+	return nextRefreshTime(in.Token, in.RefreshBefore).Add(-in.RefreshJitter)
 }
 
 // checkAt is when the next validity probe is due.
@@ -128,7 +131,7 @@ func checkAt(in decisionInput) time.Time {
 	if in.LastCheck.IsZero() {
 		return in.Now
 	}
-	return in.LastCheck.Add(in.CheckInterval - in.Jitter)
+	return in.LastCheck.Add(in.CheckInterval - in.CheckJitter)
 }
 
 // requeueAfter returns how long to wait before the next reconcile: the
@@ -167,11 +170,11 @@ func requeueAfter(in decisionInput) time.Duration {
 }
 
 // tokenJitter spreads tokens deterministically: a fraction of
-// min(refreshBefore/10, 5m) derived from the token's UID, so the same token
+// min(interval/10, 5m) derived from the token's UID, so the same token
 // always gets the same offset (a restart does not move its schedule) while
 // different tokens are spread out.
-func tokenJitter(uid string, refreshBefore time.Duration) time.Duration {
-	span := refreshBefore / 10
+func tokenJitter(uid string, interval time.Duration) time.Duration {
+	span := interval / 10
 	if span > 5*time.Minute {
 		span = 5 * time.Minute
 	}

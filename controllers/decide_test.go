@@ -4,6 +4,8 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/tokenkeeper/tokenkeeper/internal/provider"
@@ -35,7 +37,7 @@ func TestDecide(t *testing.T) {
 		{"one minute before nextRefreshTime: not yet", func() decisionInput { return base(amo(2*time.Hour + time.Minute)) }, actionNone, whyNotDue},
 		{"jitter brings the refresh forward", func() decisionInput {
 			in := base(amo(2*time.Hour + time.Minute))
-			in.Jitter = 2 * time.Minute
+			in.RefreshJitter = 2 * time.Minute
 			return in
 		}, actionRefresh, whyExpiresSoon},
 		{"expired refreshable token: refresh", func() decisionInput { return base(amo(-time.Hour)) }, actionRefresh, whyExpiresSoon},
@@ -145,6 +147,24 @@ func TestRequeueAfter(t *testing.T) {
 	}
 }
 
+// TestShortCheckIntervalWithLongRefreshBefore is the regression test for a
+// probe hot loop: a jitter derived from a long refreshBefore must not push
+// the next check of a 1m checkInterval into the past.
+func TestShortCheckIntervalWithLongRefreshBefore(t *testing.T) {
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	tok := &provider.Token{Expires: true, ExpiresAt: now.Add(59 * 24 * time.Hour), ObtainedAt: now}
+	for _, uid := range []string{"a", "b", "c", "d", "e", "f", "g", "h", "i", "j"} {
+		in := decisionInput{Now: now, Token: tok, RefreshBefore: 168 * time.Hour, CheckInterval: time.Minute, LastCheck: now,
+			RefreshJitter: tokenJitter(uid, 168*time.Hour), CheckJitter: tokenJitter(uid, time.Minute)}
+		if act, why := decide(in); act != actionNone {
+			t.Fatalf("uid %s: just checked, yet decide = %v (%s)", uid, act, why)
+		}
+		if d := requeueAfter(in); d < 54*time.Second || d > time.Minute {
+			t.Fatalf("uid %s: requeueAfter = %v, want within [54s, 1m]", uid, d)
+		}
+	}
+}
+
 func TestTokenJitterIsDeterministicAndBounded(t *testing.T) {
 	a1 := tokenJitter("uid-a", 2*time.Hour)
 	if a2 := tokenJitter("uid-a", 2*time.Hour); a1 != a2 {
@@ -219,5 +239,23 @@ func TestStateRoundTrip(t *testing.T) {
 	}
 	if fp := fingerprint("refresh_token", "secret-value"); len(fp) != len("sha256:")+64 || fp == "secret-value" {
 		t.Fatalf("fingerprint looks wrong: %q", fp)
+	}
+}
+
+// TestDecisionInputBoundsEachJitterByItsInterval covers the wiring of the
+// jitters into the decision (the probe hot loop came from there).
+func TestDecisionInputBoundsEachJitterByItsInterval(t *testing.T) {
+	for _, uid := range []string{"a", "b", "c", "d", "e", "f", "g", "h"} {
+		mt := validFacebook("ns", "fb")
+		mt.UID = types.UID(uid)
+		mt.Spec.CheckInterval = &metav1.Duration{Duration: time.Minute}
+		rn := (&ManagedTokenReconciler{Clock: clocktesting.NewFakeClock(time.Now())}).begin(mt)
+		in := rn.decisionInput()
+		if in.CheckJitter >= 6*time.Second {
+			t.Fatalf("uid %s: check jitter %v exceeds checkInterval/10", uid, in.CheckJitter)
+		}
+		if in.RefreshJitter >= 5*time.Minute {
+			t.Fatalf("uid %s: refresh jitter %v exceeds 5m", uid, in.RefreshJitter)
+		}
 	}
 }

@@ -288,7 +288,8 @@ func (rn *run) decisionInput() decisionInput {
 		ForceRequested: rn.forceRequest() != "",
 		Halted:         st.HaltedInputs != "" && st.HaltedInputs == rn.inputs(),
 		Resume:         st.HaltedInputs != "" && st.HaltedInputs != rn.inputs(),
-		Jitter:         tokenJitter(string(rn.mt.UID), rn.refreshBefore),
+		RefreshJitter:  tokenJitter(string(rn.mt.UID), rn.refreshBefore),
+		CheckJitter:    tokenJitter(string(rn.mt.UID), rn.checkInterval),
 	}
 	if st.NextRetryTime != nil {
 		in.RetryAt = st.NextRetryTime.Time
