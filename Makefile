@@ -80,7 +80,8 @@ run: manifests generate fmt vet ## Run the manager against the cluster in your k
 
 .PHONY: demo
 demo: ## Run the operator on a local control plane against sandbox providers (Ctrl-C stops it).
-	KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" $(GO) run ./hack/demo
+	$(GO) build -o bin/tokenkeeper-demo ./hack/demo
+	KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" bin/tokenkeeper-demo
 
 ##@ Deployment
 
