@@ -21,6 +21,19 @@ func (h *harness) fbSetup(token string) {
 	h.createMT(mt)
 }
 
+// fbRevokedAtNextCheck sets up a Ready non-expiring token, revokes it at
+// the provider, and lets the next check find that out.
+func (h *harness) fbRevokedAtNextCheck() {
+	h.t.Helper()
+	tok := h.fb.IssueToken(facebookfake.KindSystemUserNonExpiring, time.Time{})
+	h.fbSetup(tok)
+	h.reconcile()
+	h.fb.Revoke(tok)
+	h.clk.Step(2*time.Hour + time.Minute)
+	h.reconcile()
+	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionFalse, "")
+}
+
 func TestFacebookShortLivedUserTokenIsExchangedOnce(t *testing.T) {
 	h := newHarness(t, amocrmfake.Options{})
 	short := h.fb.IssueToken(facebookfake.KindUserShort, h.clk.Now().Add(time.Hour))
@@ -138,13 +151,7 @@ func TestFacebookDataAccessExpiry(t *testing.T) {
 
 func TestFacebookRevokedTokenFoundByProbe(t *testing.T) {
 	h := newHarness(t, amocrmfake.Options{})
-	tok := h.fb.IssueToken(facebookfake.KindSystemUserNonExpiring, time.Time{})
-	h.fbSetup(tok)
-	h.reconcile()
-	h.fb.Revoke(tok)
-	h.clk.Step(2*time.Hour + time.Minute)
-	h.reconcile()
-	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionFalse, "")
+	h.fbRevokedAtNextCheck()
 	h.wantCond(tokensv1alpha1.ConditionReauthorizationRequired, metav1.ConditionTrue, "")
 	calls := h.fb.Calls("debug_token")
 	for i := 0; i < 3; i++ {
@@ -207,13 +214,7 @@ func TestFacebookWrongAppSecretIsAConfigurationError(t *testing.T) {
 // report the revoked token as Ready.
 func TestFacebookHaltResumesOnceWhenInputsChange(t *testing.T) {
 	h := newHarness(t, amocrmfake.Options{})
-	tok := h.fb.IssueToken(facebookfake.KindSystemUserNonExpiring, time.Time{})
-	h.fbSetup(tok)
-	h.reconcile()
-	h.fb.Revoke(tok)
-	h.clk.Step(2*time.Hour + time.Minute)
-	h.reconcile()
-	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionFalse, "")
+	h.fbRevokedAtNextCheck()
 	calls := h.fb.Calls("debug_token")
 
 	mt := h.get()
