@@ -74,6 +74,10 @@ build: manifests generate fmt vet ## Build the manager, the kubectl plugin and t
 	$(GO) build -o bin/kubectl-tokenkeeper ./cmd/kubectl-tokenkeeper
 	$(GO) build -o bin/tokenkeeper-sandbox ./hack/sandbox
 
+.PHONY: docker-build
+docker-build: ## Build the manager image $(IMG) (needs a container engine).
+	docker build -t $(IMG) .
+
 .PHONY: run
 run: manifests generate fmt vet ## Run the manager against the cluster in your kubeconfig.
 	$(GO) run ./cmd
