@@ -194,7 +194,7 @@ func (r *ManagedTokenReconciler) load(ctx context.Context, rn *run) error {
 		return nil
 	case err != nil:
 		return err
-	case !found && st.Token == nil && st.Consumed == nil:
+	case !found:
 		// No state Secret. If we stored one before, it was deleted: write
 		// what we know again rather than lose the refresh token.
 		if last, ok := r.pendingStore().lastStored(rn.key, rn.mt.UID); ok {

@@ -265,8 +265,12 @@ func TestManagerEndToEnd(t *testing.T) {
 	// A second manager on the same control plane makes no provider calls for
 	// tokens that are not due.
 	tokenCalls, probes := amo.Calls("token"), amo.Calls("account")
+	decided := decisionsLogged(ns)
 	stop2 := startManager(t, ns, amoSrv.URL, fbSrv.URL, "")
-	time.Sleep(4 * time.Second)
+	// Wait until the new manager has really looked at the token (its
+	// decision is logged), so "no calls" is not a vacuous pass.
+	eventually(t, "the second manager to reconcile the token", 30*time.Second, func() bool { return decisionsLogged(ns) > decided })
+	time.Sleep(time.Second)
 	stop2()
 	if amo.Calls("token") != tokenCalls || amo.Calls("account") != probes {
 		t.Fatalf("a restarted manager called the provider: token %d->%d, account %d->%d",
@@ -287,4 +291,15 @@ func restartedAt(t *testing.T, ns string) string {
 		t.Fatal(err)
 	}
 	return d.Spec.Template.Annotations[tokensv1alpha1.RestartedAtAnnotation]
+}
+
+// decisionsLogged counts the reconciler's "decided" log lines for tokens in ns.
+func decisionsLogged(ns string) int {
+	n := 0
+	for _, l := range strings.Split(logSink.String(), "\n") {
+		if strings.Contains(l, "decided") && strings.Contains(l, ns) {
+			n++
+		}
+	}
+	return n
 }
