@@ -38,6 +38,12 @@ import (
 // metricsAddr set, it serves metrics there (only one manager per process
 // may register the metrics).
 func startManager(t *testing.T, ns, amoURL, fbURL, metricsAddr string) (stop func()) {
+	return startManagerWithCaches(t, ns, amoURL, fbURL, metricsAddr, nil)
+}
+
+// startManagerWithCaches is startManager that also hands out the manager's
+// cache and the credentials cache.
+func startManagerWithCaches(t *testing.T, ns, amoURL, fbURL, metricsAddr string, caches func(mgrCache, credsCache cache.Cache)) (stop func()) {
 	t.Helper()
 	bind := "0"
 	if metricsAddr != "" {
@@ -86,6 +92,9 @@ func startManager(t *testing.T, ns, amoURL, fbURL, metricsAddr string) (stop fun
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := r.SetupWithManager(ctx, mgr, credsCache, 2); err != nil {
 		t.Fatal(err)
+	}
+	if caches != nil {
+		caches(mgr.GetCache(), credsCache)
 	}
 	done := make(chan error, 1)
 	go func() { done <- mgr.Start(ctx) }()
@@ -302,4 +311,57 @@ func decisionsLogged(ns string) int {
 		}
 	}
 	return n
+}
+
+// TestCachesHoldOnlyWhatTheyNeed: the manager's cache holds only the Secrets
+// the operator writes, and the credentials cache holds Secret metadata
+// stripped to name, namespace and resourceVersion.
+func TestCachesHoldOnlyWhatTheyNeed(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	amo := amocrmfake.New(amocrmfake.Options{ClientID: testClientID, ClientSecret: testClientSecret, RedirectURI: testRedirectURI})
+	srv := httptest.NewServer(amo)
+	defer srv.Close()
+	unrelated := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "unrelated", Labels: map[string]string{"team": "x"},
+			Annotations: map[string]string{"kubectl.kubernetes.io/last-applied-configuration": `{"data":{"password":"aHVudGVyMg=="}}`}},
+		StringData: map[string]string{"password": "hunter2"},
+	}
+	if err := k8sClient.Create(ctx, unrelated); err != nil {
+		t.Fatal(err)
+	}
+	if err := k8sClient.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "amocrm-oauth"},
+		StringData: map[string]string{"client_id": testClientID, "client_secret": testClientSecret, "refresh_token": amo.IssueRefreshToken()}}); err != nil {
+		t.Fatal(err)
+	}
+	mt := validAmoCRM(ns, "crm")
+	mt.Spec.AmoCRM.RedirectURI = testRedirectURI
+	if err := k8sClient.Create(ctx, mt); err != nil {
+		t.Fatal(err)
+	}
+	var mgrCache, credsCache cache.Cache
+	startManagerWithCaches(t, ns, srv.URL, srv.URL, "", func(m, c cache.Cache) { mgrCache, credsCache = m, c })
+	eventually(t, "the output Secret", 30*time.Second, func() bool {
+		return k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: mt.Spec.SecretName}, &corev1.Secret{}) == nil
+	})
+
+	var cached corev1.SecretList
+	eventually(t, "the owned Secrets in the cache", 10*time.Second, func() bool {
+		return mgrCache.List(ctx, &cached, client.InNamespace(ns)) == nil && len(cached.Items) == 2
+	})
+	for _, s := range cached.Items {
+		if s.Labels[tokensv1alpha1.ManagedByLabel] != tokensv1alpha1.ManagedByValue {
+			t.Errorf("the manager's cache holds a Secret the operator does not write: %s", s.Name)
+		}
+	}
+
+	meta := &metav1.PartialObjectMetadata{}
+	meta.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Secret"))
+	eventually(t, "the unrelated Secret's metadata", 10*time.Second, func() bool {
+		return credsCache.Get(ctx, client.ObjectKeyFromObject(unrelated), meta) == nil
+	})
+	if len(meta.Annotations) != 0 || len(meta.Labels) != 0 || len(meta.ManagedFields) != 0 || meta.ResourceVersion == "" {
+		t.Fatalf("the credentials cache keeps more than name, namespace and resourceVersion: %d annotations, %d labels, %d managedFields",
+			len(meta.Annotations), len(meta.Labels), len(meta.ManagedFields))
+	}
 }
