@@ -6,9 +6,11 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
 	"github.com/tokenkeeper/tokenkeeper/internal/provider/amocrm/amocrmfake"
@@ -467,4 +469,60 @@ func keys(m map[string][]byte) []string {
 		out = append(out, k)
 	}
 	return out
+}
+
+// TestAmoCRMFailedRolloutRestartIsRetried: a restart that failed is owed,
+// retried on the next reconcile, and then not repeated.
+func TestAmoCRMFailedRolloutRestartIsRetried(t *testing.T) {
+	h := newHarness(t, amocrmfake.Options{})
+	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
+	replicas := int32(1)
+	dep := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Namespace: h.ns, Name: "consumer"},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: &replicas,
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "consumer"}},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "consumer"}},
+				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "busybox"}}},
+			},
+		},
+	}
+	if err := k8sClient.Create(h.ctx, dep); err != nil {
+		t.Fatal(err)
+	}
+	mt := validAmoCRM(h.ns, "crm")
+	mt.Spec.AmoCRM.RedirectURI = testRedirectURI
+	mt.Spec.RolloutRestartTargets = []tokensv1alpha1.RolloutRestartTarget{{Kind: "Deployment", Name: "consumer"}}
+	h.createMT(mt)
+	h.reconcile()
+	restarted := func() string {
+		d := &appsv1.Deployment{}
+		if err := k8sClient.Get(h.ctx, client.ObjectKeyFromObject(dep), d); err != nil {
+			t.Fatal(err)
+		}
+		return d.Spec.Template.Annotations[tokensv1alpha1.RestartedAtAnnotation]
+	}
+	if restarted() != "" {
+		t.Fatal("the first publish must restart nobody")
+	}
+	h.advancePastNextRefresh()
+	h.client.failPatches.Store(1)
+	if _, err := h.r.Reconcile(h.ctx, ctrl.Request{NamespacedName: h.key()}); err == nil {
+		t.Fatal("the injected restart failure must surface as a reconcile error")
+	}
+	if restarted() != "" {
+		t.Fatal("the restart was supposed to fail")
+	}
+	h.reconcile()
+	first := restarted()
+	if first == "" {
+		t.Fatal("a failed restart was not retried")
+	}
+	h.clk.Step(time.Second)
+	h.reconcile()
+	h.reconcile()
+	if restarted() != first {
+		t.Fatal("a retried restart must not repeat on no-op reconciles")
+	}
 }

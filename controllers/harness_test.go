@@ -73,6 +73,15 @@ type flakyClient struct {
 	client.Client
 	failStateWrites  atomic.Int32
 	failStatusWrites atomic.Int32
+	failPatches      atomic.Int32
+}
+
+// Patch fails object patches (rollout restarts) while failPatches > 0.
+func (f *flakyClient) Patch(ctx context.Context, obj client.Object, patch client.Patch, opts ...client.PatchOption) error {
+	if f.failPatches.Add(-1) >= 0 {
+		return apierrors.NewServiceUnavailable("injected patch failure")
+	}
+	return f.Client.Patch(ctx, obj, patch, opts...)
 }
 
 // Status fails status writes while failStatusWrites > 0.

@@ -117,9 +117,12 @@ func mergeInto(have, want map[string]string) map[string]string {
 
 // restartConsumers patches the pod template of each rolloutRestartTarget,
 // as kubectl rollout restart does, when the published token changed. It does
-// nothing on a reconcile that did not change the token.
+// nothing on a reconcile that did not change the token, except retry a
+// restart that failed before (kept in memory, since the next reconcile no
+// longer sees the change).
 func (r *ManagedTokenReconciler) restartConsumers(ctx context.Context, rn *run) error {
-	if !rn.tokenChanged || len(rn.mt.Spec.RolloutRestartTargets) == 0 {
+	store := r.pendingStore()
+	if len(rn.mt.Spec.RolloutRestartTargets) == 0 || !(rn.tokenChanged || store.restartOwed(rn.key)) {
 		return nil
 	}
 	stamp := rn.now.UTC().Format(time.RFC3339Nano)
@@ -149,5 +152,6 @@ func (r *ManagedTokenReconciler) restartConsumers(ctx context.Context, rn *run) 
 		}
 		r.Recorder.Eventf(rn.mt, nil, corev1.EventTypeNormal, "RolloutRestarted", "RolloutRestart", "restarted %s %q because the token changed", tgt.Kind, tgt.Name)
 	}
+	store.setRestartOwed(rn.key, len(errs) > 0)
 	return errors.Join(errs...)
 }

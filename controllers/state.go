@@ -180,6 +180,9 @@ type pendingStore struct {
 	mu      sync.Mutex
 	pending map[types.NamespacedName]pendingEntry
 	last    map[types.NamespacedName]lastEntry
+	// restarts are rollout restarts that failed and are owed, since the
+	// next reconcile no longer sees the token change.
+	restarts map[types.NamespacedName]bool
 }
 
 type pendingEntry struct {
@@ -195,8 +198,9 @@ type lastEntry struct {
 
 func newPendingStore() *pendingStore {
 	return &pendingStore{
-		pending: map[types.NamespacedName]pendingEntry{},
-		last:    map[types.NamespacedName]lastEntry{},
+		pending:  map[types.NamespacedName]pendingEntry{},
+		last:     map[types.NamespacedName]lastEntry{},
+		restarts: map[types.NamespacedName]bool{},
 	}
 }
 
@@ -230,10 +234,29 @@ func (p *pendingStore) lastStored(key types.NamespacedName, uid types.UID) (toke
 	return e.state, ok && e.uid == uid
 }
 
+// restartOwed reports whether a failed rollout restart must be retried, and
+// setRestartOwed records it.
+func (p *pendingStore) restartOwed(key types.NamespacedName) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.restarts[key]
+}
+
+func (p *pendingStore) setRestartOwed(key types.NamespacedName, owed bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if owed {
+		p.restarts[key] = true
+	} else {
+		delete(p.restarts, key)
+	}
+}
+
 // forget drops everything kept for a deleted ManagedToken.
 func (p *pendingStore) forget(key types.NamespacedName) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	delete(p.pending, key)
 	delete(p.last, key)
+	delete(p.restarts, key)
 }
