@@ -476,21 +476,7 @@ func keys(m map[string][]byte) []string {
 func TestAmoCRMFailedRolloutRestartIsRetried(t *testing.T) {
 	h := newHarness(t, amocrmfake.Options{})
 	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
-	replicas := int32(1)
-	dep := &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Namespace: h.ns, Name: "consumer"},
-		Spec: appsv1.DeploymentSpec{
-			Replicas: &replicas,
-			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "consumer"}},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "consumer"}},
-				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "busybox"}}},
-			},
-		},
-	}
-	if err := k8sClient.Create(h.ctx, dep); err != nil {
-		t.Fatal(err)
-	}
+	dep := createConsumer(t, h.ns)
 	mt := validAmoCRM(h.ns, "crm")
 	mt.Spec.AmoCRM.RedirectURI = testRedirectURI
 	mt.Spec.RolloutRestartTargets = []tokensv1alpha1.RolloutRestartTarget{{Kind: "Deployment", Name: "consumer"}}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -327,4 +328,25 @@ func (h *harness) annotate(value string) {
 	if err := k8sClient.Patch(h.ctx, mt, patch); err != nil {
 		h.t.Fatal(err)
 	}
+}
+
+// createConsumer creates the Deployment "consumer", a rollout restart target.
+func createConsumer(t *testing.T, ns string) *appsv1.Deployment {
+	t.Helper()
+	replicas := int32(1)
+	dep := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "consumer"},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: &replicas,
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "consumer"}},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "consumer"}},
+				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "busybox"}}},
+			},
+		},
+	}
+	if err := k8sClient.Create(context.Background(), dep); err != nil {
+		t.Fatal(err)
+	}
+	return dep
 }

@@ -162,21 +162,7 @@ func TestManagerEndToEnd(t *testing.T) {
 	}
 	mk("amocrm-oauth", map[string]string{"client_id": testClientID, "client_secret": testClientSecret, "refresh_token": amo.IssueRefreshToken()})
 	mk("facebook-app", map[string]string{"app_id": testAppID, "app_secret": testAppSecret, "access_token": fb.IssueToken(facebookfake.KindSystemUserNonExpiring, time.Time{})})
-	replicas := int32(1)
-	dep := &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "consumer"},
-		Spec: appsv1.DeploymentSpec{
-			Replicas: &replicas,
-			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "consumer"}},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "consumer"}},
-				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "busybox"}}},
-			},
-		},
-	}
-	if err := k8sClient.Create(ctx, dep); err != nil {
-		t.Fatal(err)
-	}
+	createConsumer(t, ns)
 	crm := validAmoCRM(ns, "crm")
 	crm.Spec.AmoCRM.RedirectURI = testRedirectURI
 	crm.Spec.RolloutRestartTargets = []tokensv1alpha1.RolloutRestartTarget{{Kind: "Deployment", Name: "consumer"}}
