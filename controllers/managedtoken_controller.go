@@ -535,7 +535,7 @@ func (r *ManagedTokenReconciler) writeState(ctx context.Context, mt *tokensv1alp
 		if !metav1.IsControlledBy(cur, mt) {
 			return errStateNotOwned{name: name}
 		}
-		if sameStateData(cur.Data, data) {
+		if sameData(cur.Data, data) {
 			return nil
 		}
 		cur.Data = data

@@ -87,7 +87,7 @@ func (r *ManagedTokenReconciler) publish(ctx context.Context, rn *run) error {
 		rn.block(ReasonSecretNotOwned, "Secret %q already exists and is not managed by this ManagedToken; the operator will not touch it: delete it, or choose another spec.secretName", key.Name)
 		return nil
 	}
-	changed := !sameStateData(cur.Data, data) || cur.Type != corev1.SecretTypeOpaque
+	changed := !sameData(cur.Data, data) || cur.Type != corev1.SecretTypeOpaque
 	rn.tokenChanged = string(cur.Data[tokensv1alpha1.OutputAccessTokenKey]) != t.AccessToken
 	newLabels, newAnn := mergeInto(cur.Labels, labels), mergeInto(cur.Annotations, annotations)
 	if !changed && maps.Equal(newLabels, cur.Labels) && maps.Equal(newAnn, cur.Annotations) {

@@ -166,8 +166,8 @@ func decodeState(d map[string][]byte) (tokenState, error) {
 	return s, nil
 }
 
-// sameStateData reports whether two encoded states are equal.
-func sameStateData(a, b map[string][]byte) bool {
+// sameData reports whether two Secret data maps are equal.
+func sameData(a, b map[string][]byte) bool {
 	return maps.EqualFunc(a, b, func(x, y []byte) bool { return string(x) == string(y) })
 }
 
