@@ -234,6 +234,13 @@ type scrubber struct {
 	secret, appToken, token string
 }
 
+// requestScrubber scrubs what a Graph request with creds carried: the app
+// secret, the app access token and the token sent.
+func requestScrubber(creds provider.Credentials, sent string) scrubber {
+	appID, secret := creds.Get(KeyAppID), creds.Get(KeyAppSecret)
+	return scrubber{secret, appID + "|" + secret, sent}
+}
+
 var (
 	paramRE    = regexp.MustCompile(`(?i)(client_secret|access_token|input_token|fb_exchange_token|appsecret_proof|code|refresh_token)=[^&\s"']*`)
 	longWordRE = regexp.MustCompile(`[A-Za-z0-9_\-.%|~+/=]{32,}`)

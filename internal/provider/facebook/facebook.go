@@ -425,12 +425,7 @@ func (c *Client) exchange(ctx context.Context, op, version string, creds provide
 	if op == OpRefresh {
 		q.Set(paramSetTokenExpiresIn60Days, "true")
 	}
-	resp, err := c.get(ctx, op, version, pathExchange, q)
-	if err != nil {
-		return nil, err
-	}
-	sc := scrubber{secret, appID + "|" + secret, token}
-	obj, err := c.interpret(op, resp, sc)
+	obj, resp, err := c.call(ctx, op, version, pathExchange, q, creds, token)
 	if err != nil {
 		return nil, err
 	}
@@ -452,6 +447,19 @@ func (c *Client) exchange(ctx context.Context, op, version string, creds provide
 		}
 	}
 	return res, nil
+}
+
+// call sends one Graph API GET and returns its JSON object, or a classified
+// error whose quoted Graph text is scrubbed of everything the request
+// carried: the app secret, the app access token and the token sent. Every
+// Graph request goes through here, so none can forget a value to scrub.
+func (c *Client) call(ctx context.Context, op, version, path string, q url.Values, creds provider.Credentials, sent string) (map[string]json.RawMessage, *response, error) {
+	resp, err := c.get(ctx, op, version, path, q)
+	if err != nil {
+		return nil, nil, err
+	}
+	obj, err := c.interpret(op, resp, requestScrubber(creds, sent))
+	return obj, resp, err
 }
 
 // interpret turns a response into its JSON object, or a classified error.
@@ -523,12 +531,7 @@ func (c *Client) debugToken(ctx context.Context, version string, creds provider.
 	q := url.Values{}
 	q.Set("input_token", input)
 	q.Set("access_token", appID+"|"+secret)
-	resp, err := c.get(ctx, OpDebugToken, version, pathDebugToken, q)
-	if err != nil {
-		return nil, err
-	}
-	sc := scrubber{secret, appID + "|" + secret, input}
-	obj, err := c.interpret(OpDebugToken, resp, sc)
+	obj, resp, err := c.call(ctx, OpDebugToken, version, pathDebugToken, q, creds, input)
 	if err != nil {
 		return nil, err
 	}
@@ -540,7 +543,7 @@ func (c *Client) debugToken(ctx context.Context, version string, creds provider.
 	}
 	if !bool(d.IsValid) {
 		if ae, ok := parseAPIError(d.Error); ok {
-			return nil, c.classify(OpDebugToken, resp.status, resp.header, ae, srcDebugData, sc)
+			return nil, c.classify(OpDebugToken, resp.status, resp.header, ae, srcDebugData, requestScrubber(creds, input))
 		}
 		return nil, &provider.Error{Kind: provider.KindReauthorize, Reason: "TokenInvalid", Op: OpDebugToken, HTTPStatus: resp.status,
 			Message: "Facebook reports the token as not valid: put a new token in credentials key access_token"}
