@@ -41,11 +41,7 @@ keys of its output Secret with their sizes. Secret values are never printed.`,
 }
 
 func (d *describeOptions) run(ctx context.Context, names []string) error {
-	c, err := d.Client()
-	if err != nil {
-		return err
-	}
-	ns, err := d.Namespace()
+	c, ns, err := d.clientAndNamespace()
 	if err != nil {
 		return err
 	}

@@ -66,11 +66,7 @@ func (r *refreshOptions) run(ctx context.Context, names []string) error {
 	if err := r.validate(names); err != nil {
 		return err
 	}
-	c, err := r.Client()
-	if err != nil {
-		return err
-	}
-	ns, err := r.Namespace()
+	c, ns, err := r.clientAndNamespace()
 	if err != nil {
 		return err
 	}

@@ -64,6 +64,16 @@ func (o *Options) Namespace() (string, error) {
 	return ns, err
 }
 
+// clientAndNamespace is what every subcommand starts with.
+func (o *Options) clientAndNamespace() (client.Client, string, error) {
+	c, err := o.Client()
+	if err != nil {
+		return nil, "", err
+	}
+	ns, err := o.Namespace()
+	return c, ns, err
+}
+
 // NewRootCommand returns `kubectl tokenkeeper` with its subcommands.
 func NewRootCommand(streams genericiooptions.IOStreams, clk clock.PassiveClock) *cobra.Command {
 	// controller-runtime logs through a delegating logger; a CLI has no use

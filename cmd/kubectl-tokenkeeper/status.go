@@ -70,11 +70,7 @@ func (s *statusOptions) run(ctx context.Context, names []string) error {
 	if len(names) > 0 && s.allNamespaces {
 		return errors.New("a ManagedToken cannot be retrieved by name across all namespaces: drop -A and use -n NAMESPACE")
 	}
-	c, err := s.Client()
-	if err != nil {
-		return err
-	}
-	ns, err := s.Namespace()
+	c, ns, err := s.clientAndNamespace()
 	if err != nil {
 		return err
 	}
