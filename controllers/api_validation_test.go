@@ -105,15 +105,14 @@ func TestDefaultsAreApplied(t *testing.T) {
 	}
 	// refreshBefore depends on the provider, which an OpenAPI default
 	// cannot express: the controller applies it.
-	rb, _ := effectiveDurations(&got.Spec)
-	if rb != 168*time.Hour {
+	if rb := effectiveRefreshBefore(&got.Spec, nil); rb != 168*time.Hour {
 		t.Errorf("Facebook refreshBefore = %v, want 168h", rb)
 	}
 	amo := validAmoCRM(ns, "amo")
 	if err := k8sClient.Create(ctx, amo); err != nil {
 		t.Fatal(err)
 	}
-	if rb, _ := effectiveDurations(&amo.Spec); rb != 2*time.Hour {
+	if rb := effectiveRefreshBefore(&amo.Spec, nil); rb != 2*time.Hour {
 		t.Errorf("AmoCRM refreshBefore = %v, want 2h", rb)
 	}
 }

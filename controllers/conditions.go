@@ -23,6 +23,21 @@ const (
 	ReasonDataAccessExpiringSoon    = "DataAccessExpiringSoon"
 	ReasonAuthorized                = "Authorized"
 	ReasonProviderNotConfigured     = "ProviderNotConfigured"
+	// ReasonStateCorrupt: the state Secret cannot be read; it is not
+	// overwritten and no provider call is made.
+	ReasonStateCorrupt = "StateCorrupt"
+	// ReasonRefreshOutcomeUnknown: a spend got no answer and the provider
+	// now refuses the value it sent: the new pair was most likely lost.
+	ReasonRefreshOutcomeUnknown = "RefreshOutcomeUnknown"
+	// ReasonTokenRejectedAfterRefresh: a rejected token was refreshed and
+	// the new one was rejected too: the cause is not the token.
+	ReasonTokenRejectedAfterRefresh = "TokenRejectedAfterRefresh"
+	// ReasonGrantNotAdopted: a new grant would downgrade a refreshable
+	// token to one only a human can renew; it was not adopted.
+	ReasonGrantNotAdopted = "GrantNotAdopted"
+	// ReasonGrantRejected is the event reason when a new grant was refused
+	// while a usable token stayed in place.
+	ReasonGrantRejected = "GrantRejected"
 )
 
 // setCondition sets a condition and always stamps observedGeneration.

@@ -8,22 +8,37 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	clocktesting "k8s.io/utils/clock/testing"
 
+	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
+
 	"github.com/tokenkeeper/tokenkeeper/internal/provider"
 )
+
+// haltedAt is a stored halt with the inputs in force then.
+func haltedAt(inputs string) *failureRecord {
+	return &failureRecord{Kind: "Reauthorize", Reason: "RefreshTokenRevoked", Count: 1, Halted: true, Inputs: inputs}
+}
+
+// backoffUntil is a stored transient failure retried at t, with the base
+// inputs of TestDecide.
+func backoffUntil(t time.Time) *failureRecord {
+	return &failureRecord{Kind: "Transient", Reason: "ProviderUnavailable", Count: 1, RetryAt: t, Inputs: "generation=1,credentials=v1"}
+}
 
 func TestDecide(t *testing.T) {
 	clk := clocktesting.NewFakeClock(time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC))
 	now := clk.Now()
 	amo := func(expiresIn time.Duration) *provider.Token {
+		// A 24h AmoCRM token.
 		return &provider.Token{Expires: true, ExpiresAt: now.Add(expiresIn), Refreshable: true,
-			ObtainedAt: now.Add(-time.Hour), RefreshTokenExpiresAt: now.Add(89 * 24 * time.Hour)}
+			ObtainedAt: now.Add(expiresIn - 24*time.Hour), RefreshTokenExpiresAt: now.Add(89 * 24 * time.Hour)}
 	}
 	fbUser := func(expiresIn time.Duration) *provider.Token {
 		return &provider.Token{Expires: true, ExpiresAt: now.Add(expiresIn), ObtainedAt: now.Add(-time.Hour)}
 	}
 	never := &provider.Token{ObtainedAt: now.Add(-time.Hour)}
 	base := func(tok *provider.Token) decisionInput {
-		return decisionInput{Now: now, Token: tok, RefreshBefore: 2 * time.Hour, CheckInterval: 2 * time.Hour, LastCheck: now.Add(-10 * time.Minute)}
+		return decisionInput{Now: now, Token: tok, RefreshBefore: 2 * time.Hour, CheckInterval: 2 * time.Hour, LastCheck: now.Add(-10 * time.Minute),
+			Inputs: "generation=1,credentials=v1"}
 	}
 	tests := []struct {
 		name string
@@ -37,7 +52,7 @@ func TestDecide(t *testing.T) {
 		{"one minute before nextRefreshTime: not yet", func() decisionInput { return base(amo(2*time.Hour + time.Minute)) }, actionNone, whyNotDue},
 		{"jitter brings the refresh forward", func() decisionInput {
 			in := base(amo(2*time.Hour + time.Minute))
-			in.RefreshJitter = 2 * time.Minute
+			in.RefreshJitter = 0.5 // of min(2h/10, 5m): 2.5m
 			return in
 		}, actionRefresh, whyExpiresSoon},
 		{"expired refreshable token: refresh", func() decisionInput { return base(amo(-time.Hour)) }, actionRefresh, whyExpiresSoon},
@@ -69,37 +84,66 @@ func TestDecide(t *testing.T) {
 		}, actionProbe, whyForced},
 		{"force beats back-off", func() decisionInput {
 			in := base(amo(20 * time.Hour))
-			in.ForceRequested, in.RetryAt = true, now.Add(time.Hour)
+			in.ForceRequested, in.Failure = true, backoffUntil(now.Add(time.Hour))
 			return in
 		}, actionRefresh, whyForced},
 		{"halted: nothing, even when due", func() decisionInput {
 			in := base(amo(-time.Hour))
-			in.Halted = true
+			in.Failure = haltedAt(in.Inputs)
 			return in
 		}, actionNone, whyHalted},
 		{"inputs changed after a halt: one refresh of a refreshable token", func() decisionInput {
 			in := base(amo(20 * time.Hour))
-			in.Resume = true
+			in.Failure = haltedAt("generation=1,credentials=old")
 			return in
 		}, actionRefresh, whyResume},
 		{"inputs changed after a halt: one probe of a monitored token", func() decisionInput {
 			in := base(fbUser(30 * 24 * time.Hour))
-			in.Resume = true
+			in.Failure = haltedAt("generation=1,credentials=old")
 			return in
 		}, actionProbe, whyResume},
 		{"inputs changed after a halt with a new grant: bootstrap", func() decisionInput {
 			in := base(amo(20 * time.Hour))
-			in.Resume, in.Grant = true, "refresh_token"
+			in.Failure, in.Grant = haltedAt("generation=1,credentials=old"), "refresh_token"
 			return in
 		}, actionBootstrap, whyNewGrant},
 		{"backing off: nothing, even when due", func() decisionInput {
 			in := base(amo(time.Hour))
-			in.RetryAt = now.Add(time.Minute)
+			in.Failure = backoffUntil(now.Add(time.Minute))
 			return in
 		}, actionNone, whyBackoff},
+		{"a changed credentials Secret ends a back-off at once", func() decisionInput {
+			in := base(amo(time.Hour))
+			in.Failure = backoffUntil(now.Add(time.Hour))
+			in.Inputs = "generation=1,credentials=new"
+			return in
+		}, actionRefresh, whyExpiresSoon},
+		{"a spend in progress elsewhere: wait for it, even when due", func() decisionInput {
+			in := base(amo(-time.Hour))
+			in.Intent = &spendIntent{Op: opRefresh, Started: now.Add(-5 * time.Second), Deadline: now.Add(40 * time.Second)}
+			return in
+		}, actionNone, whySpendInProgress},
+		{"a spend that never reported back: refresh now to find out", func() decisionInput {
+			in := base(amo(20 * time.Hour))
+			in.Intent = &spendIntent{Op: opRefresh, Started: now.Add(-time.Hour), Deadline: now.Add(-time.Hour)}
+			return in
+		}, actionRefresh, whyUnanswered},
+		{"refreshBefore longer than the lifetime is capped: not due right after a refresh", func() decisionInput {
+			tok := amo(24 * time.Hour)
+			tok.ObtainedAt = now.Add(-time.Minute)
+			in := base(tok)
+			in.RefreshBefore = 168 * time.Hour
+			in.LastCheck = now
+			return in
+		}, actionNone, whyNotDue},
+		{"blocked: nothing, even when due", func() decisionInput {
+			in := base(amo(-time.Hour))
+			in.Blocked = true
+			return in
+		}, actionNone, whyBlocked},
 		{"back-off over: refresh", func() decisionInput {
 			in := base(amo(time.Hour))
-			in.RetryAt = now.Add(-time.Second)
+			in.Failure = backoffUntil(now.Add(-time.Second))
 			return in
 		}, actionRefresh, whyExpiresSoon},
 		{"non-refreshable token inside refreshBefore is never refreshed", func() decisionInput { return base(fbUser(time.Hour)) }, actionNone, whyNotDue},
@@ -116,34 +160,48 @@ func TestDecide(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, why := decide(tc.in())
-			if got != tc.want || why != tc.why {
-				t.Fatalf("decide = %v (%s), want %v (%s)", got, why, tc.want, tc.why)
+			p := decide(tc.in())
+			if p.Action != tc.want || p.Why != tc.why {
+				t.Fatalf("decide = %v (%s), want %v (%s)", p.Action, p.Why, tc.want, tc.why)
+			}
+			if p.Action == actionNone && (p.Wake < minWake || p.Wake > tc.in().CheckInterval) {
+				t.Fatalf("wake %v outside [%v, checkInterval]", p.Wake, minWake)
 			}
 		})
 	}
 }
 
-func TestRequeueAfter(t *testing.T) {
+func TestWake(t *testing.T) {
 	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
 	tok := &provider.Token{Expires: true, ExpiresAt: now.Add(3 * time.Hour), Refreshable: true, ObtainedAt: now}
-	in := decisionInput{Now: now, Token: tok, RefreshBefore: 2 * time.Hour, CheckInterval: 2 * time.Hour, LastCheck: now}
-	if got, want := requeueAfter(in), time.Hour; got != want {
-		t.Errorf("requeue before nextRefreshTime = %v, want %v", got, want)
+	in := decisionInput{Now: now, Token: tok, RefreshBefore: 2 * time.Hour, CheckInterval: 2 * time.Hour, LastCheck: now, Inputs: "i"}
+	if got, want := decide(in).Wake, time.Hour; got != want {
+		t.Errorf("wake before nextRefreshTime = %v, want %v", got, want)
 	}
 	tok.ExpiresAt = now.Add(48 * time.Hour)
-	if got, want := requeueAfter(in), 2*time.Hour; got != want {
-		t.Errorf("requeue is capped at checkInterval: got %v, want %v", got, want)
+	if got, want := decide(in).Wake, 2*time.Hour; got != want {
+		t.Errorf("wake is capped at checkInterval: got %v, want %v", got, want)
 	}
-	in.RetryAt = now.Add(30 * time.Second)
-	if got, want := requeueAfter(in), 30*time.Second; got != want {
-		t.Errorf("requeue at a pending retry: got %v, want %v", got, want)
+	in.Failure = &failureRecord{Count: 1, RetryAt: now.Add(30 * time.Second), Inputs: "i"}
+	if got, want := decide(in).Wake, 30*time.Second; got != want {
+		t.Errorf("wake at a pending retry: got %v, want %v", got, want)
 	}
-	in.RetryAt = time.Time{}
+	in.Failure = nil
 	fb := &provider.Token{Expires: true, ExpiresAt: now.Add(10 * 24 * time.Hour), DataAccessExpiresAt: now.Add(7*24*time.Hour + 30*time.Minute)}
 	in = decisionInput{Now: now, Token: fb, RefreshBefore: 7 * 24 * time.Hour, CheckInterval: 2 * time.Hour, LastCheck: now}
-	if got, want := requeueAfter(in), 30*time.Minute; got != want {
-		t.Errorf("requeue when the data-access warning starts: got %v, want %v", got, want)
+	if got, want := decide(in).Wake, 30*time.Minute; got != want {
+		t.Errorf("wake when the data-access warning starts: got %v, want %v", got, want)
+	}
+	// Blocked, halted and never-checked tokens without a token wake at
+	// checkInterval, not every second (the old hot loop).
+	for name, d := range map[string]decisionInput{
+		"blocked":         {Now: now, Blocked: true, CheckInterval: 2 * time.Hour},
+		"no token":        {Now: now, CheckInterval: 2 * time.Hour},
+		"halted, expired": {Now: now, Token: &provider.Token{Expires: true, ExpiresAt: now.Add(-time.Hour)}, Failure: haltedAt("x"), Inputs: "x", CheckInterval: 2 * time.Hour},
+	} {
+		if p := decide(d); p.Action != actionNone || p.Wake != 2*time.Hour {
+			t.Errorf("%s: %v after %v, want None after checkInterval", name, p.Action, p.Wake)
+		}
 	}
 }
 
@@ -155,24 +213,25 @@ func TestShortCheckIntervalWithLongRefreshBefore(t *testing.T) {
 	tok := &provider.Token{Expires: true, ExpiresAt: now.Add(59 * 24 * time.Hour), ObtainedAt: now}
 	for _, uid := range []string{"a", "b", "c", "d", "e", "f", "g", "h", "i", "j"} {
 		in := decisionInput{Now: now, Token: tok, RefreshBefore: 168 * time.Hour, CheckInterval: time.Minute, LastCheck: now,
-			RefreshJitter: tokenJitter(uid, 168*time.Hour), CheckJitter: tokenJitter(uid, time.Minute)}
-		if act, why := decide(in); act != actionNone {
-			t.Fatalf("uid %s: just checked, yet decide = %v (%s)", uid, act, why)
+			RefreshJitter: tokenJitter(uid), CheckJitter: tokenJitter("check/" + uid)}
+		p := decide(in)
+		if p.Action != actionNone {
+			t.Fatalf("uid %s: just checked, yet decide = %v (%s)", uid, p.Action, p.Why)
 		}
-		if d := requeueAfter(in); d < 54*time.Second || d > time.Minute {
-			t.Fatalf("uid %s: requeueAfter = %v, want within [54s, 1m]", uid, d)
+		if p.Wake < 54*time.Second || p.Wake > time.Minute {
+			t.Fatalf("uid %s: wake = %v, want within [54s, 1m]", uid, p.Wake)
 		}
 	}
 }
 
 func TestTokenJitterIsDeterministicAndBounded(t *testing.T) {
-	a1 := tokenJitter("uid-a", 2*time.Hour)
-	if a2 := tokenJitter("uid-a", 2*time.Hour); a1 != a2 {
+	a1 := jitterOf(tokenJitter("uid-a"), 2*time.Hour)
+	if a2 := jitterOf(tokenJitter("uid-a"), 2*time.Hour); a1 != a2 {
 		t.Fatalf("jitter moved between calls: %v vs %v", a1, a2)
 	}
 	spread := map[time.Duration]bool{}
 	for _, uid := range []string{"a", "b", "c", "d", "e", "f", "g", "h"} {
-		j := tokenJitter(uid, 2*time.Hour)
+		j := jitterOf(tokenJitter(uid), 2*time.Hour)
 		if j < 0 || j >= 5*time.Minute {
 			t.Fatalf("jitter %v out of [0, 5m)", j)
 		}
@@ -181,34 +240,41 @@ func TestTokenJitterIsDeterministicAndBounded(t *testing.T) {
 	if len(spread) < 6 {
 		t.Fatalf("jitter does not spread tokens: %d distinct values of 8", len(spread))
 	}
-	if j := tokenJitter("x", 60*time.Second); j >= 6*time.Second {
+	if j := jitterOf(tokenJitter("x"), 60*time.Second); j >= 6*time.Second {
 		t.Fatalf("jitter %v not within refreshBefore/10", j)
 	}
 }
 
-func TestBackoff(t *testing.T) {
+func TestRetryDelay(t *testing.T) {
 	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
 	far := &provider.Token{Expires: true, ExpiresAt: now.Add(30 * 24 * time.Hour)}
+	expired := &provider.Token{Expires: true, ExpiresAt: now.Add(-time.Hour)}
 	tests := []struct {
-		n    int32
-		tok  *provider.Token
-		want time.Duration
+		name       string
+		n          int32
+		retryAfter time.Duration
+		tok        *provider.Token
+		want       time.Duration
 	}{
-		{1, far, 5 * time.Second},
-		{2, far, 10 * time.Second},
-		{5, far, 80 * time.Second},
-		{30, far, time.Hour},
-		{30, &provider.Token{Expires: true, ExpiresAt: now.Add(20 * time.Minute)}, 10 * time.Minute},
-		{30, &provider.Token{Expires: true, ExpiresAt: now.Add(2 * time.Second)}, 5 * time.Second},
-		{30, nil, time.Hour},
+		{"first", 1, 0, far, 5 * time.Second},
+		{"second", 2, 0, far, 10 * time.Second},
+		{"fifth", 5, 0, far, 80 * time.Second},
+		{"capped at 1h", 30, 0, far, time.Hour},
+		{"half the time left", 30, 0, &provider.Token{Expires: true, ExpiresAt: now.Add(20 * time.Minute)}, 10 * time.Minute},
+		{"seconds before expiry: not under 1s", 30, 0, &provider.Token{Expires: true, ExpiresAt: now.Add(1 * time.Second)}, time.Second},
+		{"no token", 30, 0, nil, time.Hour},
+		{"after expiry the back-off stays exponential", 6, 0, expired, 160 * time.Second},
+		{"Retry-After honoured", 1, 90 * time.Second, far, 90 * time.Second},
+		{"Retry-After of 24h bounded by checkInterval", 1, 24 * time.Hour, far, 2 * time.Hour},
+		{"Retry-After of 24h, 2h before expiry: retried before expiry", 1, 24 * time.Hour, &provider.Token{Expires: true, ExpiresAt: now.Add(2 * time.Hour)}, time.Hour},
 	}
 	for _, tc := range tests {
-		if got := backoff(tc.n, now, tc.tok, 2*time.Hour); got != tc.want {
-			t.Errorf("backoff(%d) = %v, want %v", tc.n, got, tc.want)
+		if got := retryDelay(tc.n, tc.retryAfter, now, tc.tok, 2*time.Hour); got != tc.want {
+			t.Errorf("%s: retryDelay = %v, want %v", tc.name, got, tc.want)
 		}
 	}
-	if got := backoff(30, now, far, 10*time.Minute); got != 10*time.Minute {
-		t.Errorf("backoff is capped by checkInterval: got %v", got)
+	if got := retryDelay(30, 0, now, far, 10*time.Minute); got != 10*time.Minute {
+		t.Errorf("back-off is capped by checkInterval: got %v", got)
 	}
 }
 
@@ -249,13 +315,40 @@ func TestDecisionInputBoundsEachJitterByItsInterval(t *testing.T) {
 		mt := validFacebook("ns", "fb")
 		mt.UID = types.UID(uid)
 		mt.Spec.CheckInterval = &metav1.Duration{Duration: time.Minute}
-		rn := (&ManagedTokenReconciler{Clock: clocktesting.NewFakeClock(time.Now())}).begin(mt)
-		in := rn.decisionInput()
-		if in.CheckJitter >= 6*time.Second {
-			t.Fatalf("uid %s: check jitter %v exceeds checkInterval/10", uid, in.CheckJitter)
+		in := &inputs{mt: mt, now: time.Now(), checkInterval: time.Minute, refreshBefore: 168 * time.Hour,
+			refreshJitter: tokenJitter(uid), checkJitter: tokenJitter("check/" + uid)}
+		d := in.decisionInput()
+		if j := jitterOf(d.CheckJitter, d.CheckInterval); j >= 6*time.Second {
+			t.Fatalf("uid %s: check jitter %v exceeds checkInterval/10", uid, j)
 		}
-		if in.RefreshJitter >= 5*time.Minute {
-			t.Fatalf("uid %s: refresh jitter %v exceeds 5m", uid, in.RefreshJitter)
+		if j := jitterOf(d.RefreshJitter, d.RefreshBefore); j >= 5*time.Minute {
+			t.Fatalf("uid %s: refresh jitter %v exceeds 5m", uid, j)
 		}
+	}
+}
+
+func TestEffectiveRefreshBefore(t *testing.T) {
+	amo := validAmoCRM("ns", "a").Spec
+	fb := validFacebook("ns", "f").Spec
+	monitored := &provider.Token{Expires: true}
+	for _, tc := range []struct {
+		name string
+		spec tokensv1alpha1.ManagedTokenSpec
+		tok  *provider.Token
+		want time.Duration
+	}{
+		{"AmoCRM OAuth", amo, &provider.Token{Refreshable: true}, 2 * time.Hour},
+		{"AmoCRM, no token yet", amo, nil, 2 * time.Hour},
+		{"AmoCRM long-lived (only a human renews it)", amo, monitored, 14 * 24 * time.Hour},
+		{"Facebook system user (renewable)", fb, &provider.Token{Refreshable: true}, 168 * time.Hour},
+		{"Facebook user token (only a human renews it)", fb, monitored, 14 * 24 * time.Hour},
+	} {
+		if got := effectiveRefreshBefore(&tc.spec, tc.tok); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	amo.RefreshBefore = &metav1.Duration{Duration: 5 * time.Hour}
+	if got := effectiveRefreshBefore(&amo, monitored); got != 5*time.Hour {
+		t.Errorf("an explicit refreshBefore wins: %v", got)
 	}
 }

@@ -23,7 +23,7 @@ import (
 // outputData is exactly what workloads get: the access token, and its
 // expiry in RFC 3339 when it expires. Never a refresh token or a secret.
 func outputData(t *provider.Token) map[string][]byte {
-	d := map[string][]byte{tokensv1alpha1.OutputAccessTokenKey: []byte(t.AccessToken)}
+	d := map[string][]byte{tokensv1alpha1.OutputAccessTokenKey: []byte(t.Published())}
 	if t.Expires {
 		d[tokensv1alpha1.OutputExpiresAtKey] = []byte(t.ExpiresAt.UTC().Format(time.RFC3339))
 	}
@@ -42,15 +42,34 @@ func desiredOutput(mt *tokensv1alpha1.ManagedToken, t *provider.Token) (labels, 
 	return labels, annotations, outputData(t)
 }
 
+// published is what publish returns.
+type published struct {
+	// tokenChanged: the published access token changed (and consumers were
+	// restarted, or a restart is owed).
+	tokenChanged bool
+	// problem: the output Secret belongs to someone else.
+	problem *stateProblem
+	err     error
+}
+
 // publish writes the stored token into the output Secret, restoring it when
-// it was deleted or edited. A Secret of that name that this ManagedToken
-// does not control is never touched.
-func (r *ManagedTokenReconciler) publish(ctx context.Context, rn *run) error {
-	t := rn.state.Token
-	if t == nil || !rn.stored {
-		return nil
+// it was deleted or edited, and restarts consumers when the token changed.
+// A Secret of that name that this ManagedToken does not control is never
+// touched.
+func (r *ManagedTokenReconciler) publish(ctx context.Context, in *inputs, out outcome) published {
+	t := out.state.Token
+	if t == nil || !out.stored || in.problem != nil {
+		return published{}
 	}
-	mt := rn.mt
+	pub := r.writeOutput(ctx, in.mt, t)
+	if pub.err == nil && pub.problem == nil {
+		pub.err = r.restartConsumers(ctx, in, pub.tokenChanged)
+	}
+	return pub
+}
+
+// writeOutput creates or updates the output Secret.
+func (r *ManagedTokenReconciler) writeOutput(ctx context.Context, mt *tokensv1alpha1.ManagedToken, t *provider.Token) published {
 	key := types.NamespacedName{Namespace: mt.Namespace, Name: mt.Spec.SecretName}
 	labels, annotations, data := desiredOutput(mt, t)
 
@@ -63,42 +82,41 @@ func (r *ManagedTokenReconciler) publish(ctx context.Context, rn *run) error {
 			Data:       data,
 		}
 		if err := ctrl.SetControllerReference(mt, sec, r.Scheme); err != nil {
-			return err
+			return published{err: err}
 		}
 		err = r.Create(ctx, sec)
 		if err == nil {
-			rn.tokenChanged = false // a first publish restarts nobody
-			return nil
+			return published{} // a first publish restarts nobody
 		}
 		if !apierrors.IsAlreadyExists(err) {
-			return fmt.Errorf("creating output Secret %s: %w", key.Name, err)
+			return published{err: fmt.Errorf("creating output Secret %s: %w", key.Name, err)}
 		}
 		// It exists but is not in the cache: unlabelled, so either foreign or
 		// ours with its labels removed. Ask the API server.
 		cur = &corev1.Secret{}
 		if err := r.APIReader.Get(ctx, key, cur); err != nil {
-			return fmt.Errorf("reading output Secret %s: %w", key.Name, err)
+			return published{err: fmt.Errorf("reading output Secret %s: %w", key.Name, err)}
 		}
 	} else if err != nil {
-		return fmt.Errorf("reading output Secret %s: %w", key.Name, err)
+		return published{err: fmt.Errorf("reading output Secret %s: %w", key.Name, err)}
 	}
 
 	if !metav1.IsControlledBy(cur, mt) {
-		rn.block(ReasonSecretNotOwned, "Secret %q already exists and is not managed by this ManagedToken; the operator will not touch it: delete it, or choose another spec.secretName", key.Name)
-		return nil
+		return published{problem: &stateProblem{ReasonSecretNotOwned, fmt.Sprintf(
+			"Secret %q already exists and is not managed by this ManagedToken; the operator will not touch it: delete it, or choose another spec.secretName", key.Name)}}
 	}
 	changed := !sameData(cur.Data, data) || cur.Type != corev1.SecretTypeOpaque
-	rn.tokenChanged = string(cur.Data[tokensv1alpha1.OutputAccessTokenKey]) != t.AccessToken
+	pub := published{tokenChanged: string(cur.Data[tokensv1alpha1.OutputAccessTokenKey]) != t.Published()}
 	newLabels, newAnn := mergeInto(cur.Labels, labels), mergeInto(cur.Annotations, annotations)
 	if !changed && maps.Equal(newLabels, cur.Labels) && maps.Equal(newAnn, cur.Annotations) {
-		return nil
+		return pub
 	}
 	cur.Labels, cur.Annotations, cur.Data = newLabels, newAnn, data
 	if err := r.Update(ctx, cur); err != nil {
-		return fmt.Errorf("updating output Secret %s: %w", key.Name, err)
+		return published{err: fmt.Errorf("updating output Secret %s: %w", key.Name, err)}
 	}
-	log.FromContext(ctx).Info("output Secret updated", "secret", key.Name, "tokenChanged", rn.tokenChanged)
-	return nil
+	log.FromContext(ctx).Info("output Secret updated", "secret", key.Name, "tokenChanged", pub.tokenChanged)
+	return pub
 }
 
 // mergeInto returns a copy of have with want's entries set; entries others
@@ -120,15 +138,15 @@ func mergeInto(have, want map[string]string) map[string]string {
 // nothing on a reconcile that did not change the token, except retry a
 // restart that failed before (kept in memory, since the next reconcile no
 // longer sees the change).
-func (r *ManagedTokenReconciler) restartConsumers(ctx context.Context, rn *run) error {
-	store := r.pendingStore()
-	if len(rn.mt.Spec.RolloutRestartTargets) == 0 || !(rn.tokenChanged || store.restartOwed(rn.key)) {
+func (r *ManagedTokenReconciler) restartConsumers(ctx context.Context, in *inputs, tokenChanged bool) error {
+	store := r.memory()
+	if len(in.mt.Spec.RolloutRestartTargets) == 0 || !(tokenChanged || store.restartOwed(in.key)) {
 		return nil
 	}
-	stamp := rn.now.UTC().Format(time.RFC3339Nano)
+	stamp := in.now.UTC().Format(time.RFC3339Nano)
 	patch := fmt.Appendf(nil, `{"spec":{"template":{"metadata":{"annotations":{%q:%q}}}}}`, tokensv1alpha1.RestartedAtAnnotation, stamp)
 	var errs []error
-	for _, tgt := range rn.mt.Spec.RolloutRestartTargets {
+	for _, tgt := range in.mt.Spec.RolloutRestartTargets {
 		var obj client.Object
 		switch tgt.Kind {
 		case "Deployment":
@@ -140,18 +158,18 @@ func (r *ManagedTokenReconciler) restartConsumers(ctx context.Context, rn *run) 
 		default:
 			continue
 		}
-		obj.SetNamespace(rn.mt.Namespace)
+		obj.SetNamespace(in.mt.Namespace)
 		obj.SetName(tgt.Name)
 		if err := r.Patch(ctx, obj, client.RawPatch(types.StrategicMergePatchType, patch)); err != nil {
 			if apierrors.IsNotFound(err) {
-				r.Recorder.Eventf(rn.mt, nil, corev1.EventTypeWarning, "RestartTargetNotFound", "RolloutRestart", "%s %q not found; not restarted", tgt.Kind, tgt.Name)
+				r.Recorder.Eventf(in.mt, nil, corev1.EventTypeWarning, "RestartTargetNotFound", "RolloutRestart", "%s %q not found; not restarted", tgt.Kind, tgt.Name)
 				continue
 			}
 			errs = append(errs, fmt.Errorf("restarting %s %s: %w", tgt.Kind, tgt.Name, err))
 			continue
 		}
-		r.Recorder.Eventf(rn.mt, nil, corev1.EventTypeNormal, "RolloutRestarted", "RolloutRestart", "restarted %s %q because the token changed", tgt.Kind, tgt.Name)
+		r.Recorder.Eventf(in.mt, nil, corev1.EventTypeNormal, "RolloutRestarted", "RolloutRestart", "restarted %s %q because the token changed", tgt.Kind, tgt.Name)
 	}
-	store.setRestartOwed(rn.key, len(errs) > 0)
+	store.setRestartOwed(in.key, len(errs) > 0)
 	return errors.Join(errs...)
 }

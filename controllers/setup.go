@@ -86,11 +86,22 @@ func (r *ManagedTokenReconciler) SetupWithManager(ctx context.Context, mgr ctrl.
 	secretMeta.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Secret"))
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&tokensv1alpha1.ManagedToken{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
-		Owns(&corev1.Secret{}).
+		// Output Secrets are owned; state Secrets have no owner (see
+		// state.go): both are mapped to their ManagedToken by label.
+		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(forOwnedSecret)).
 		WatchesRawSource(source.Kind(credsCache, secretMeta, handler.TypedEnqueueRequestsFromMapFunc(r.forCredentials))).
 		WithOptions(controller.Options{MaxConcurrentReconciles: maxConcurrent}).
 		Named("managedtoken").
 		Complete(r)
+}
+
+// forOwnedSecret maps a Secret the operator wrote to its ManagedToken.
+func forOwnedSecret(_ context.Context, o client.Object) []reconcile.Request {
+	name := o.GetLabels()[tokensv1alpha1.ManagedTokenLabel]
+	if name == "" || o.GetLabels()[tokensv1alpha1.ManagedByLabel] != tokensv1alpha1.ManagedByValue {
+		return nil
+	}
+	return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: name}}}
 }
 
 // forCredentials maps a credentials Secret to the ManagedTokens that read it.

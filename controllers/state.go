@@ -3,23 +3,30 @@ package controllers
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"maps"
+	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/tokenkeeper/tokenkeeper/internal/provider"
 )
 
 // The state Secret is the operator's own durable record of a credential:
-// the current access token, the rotated refresh token (AmoCRM) and the
-// fingerprints of consumed grants. It is never mounted by workloads, never
-// the output Secret and never the user's credentials Secret (which the
-// operator only reads, so GitOps tools do not fight over it).
+// the current access token, the rotated refresh token (AmoCRM), the
+// fingerprints of grants already tried, and the bookkeeping of the rotation
+// protocol (a spend in progress, the last failure, the handled refresh
+// request). It is never mounted by workloads, never the output Secret and
+// never the user's credentials Secret (which the operator only reads, so
+// GitOps tools do not fight over it).
+//
+// It has no owner reference, so deleting a ManagedToken does not delete the
+// only copy of a rotated refresh token: a ManagedToken created again with the
+// same name and provider adopts it (see adoptable). An orphaned state Secret
+// is deleted after the orphan retention (see orphan.go).
 const (
 	stateSecretType corev1.SecretType = "tokens.tokenkeeper.dev/state"
 	stateNamePrefix                   = "tokenkeeper-state-"
@@ -27,17 +34,22 @@ const (
 	roleOutput = "output"
 	roleState  = "state"
 
-	keyAccessToken         = "access_token"
-	keyRefreshToken        = "refresh_token"
-	keyExpiresAt           = "expires_at"
-	keyRefreshExpiresAt    = "refresh_token_expires_at"
-	keyDataAccessExpiresAt = "data_access_expires_at"
-	keyObtainedAt          = "obtained_at"
-	keyTokenType           = "token_type"
-	keyScopes              = "scopes"
-	keyRefreshable         = "refreshable"
-	keyConsumed            = "consumed_grants"
-	keyHandledRequest      = "handled_refresh_request"
+	keyAccessToken          = "access_token"
+	keyPublishedAccessToken = "published_access_token"
+	keyRefreshToken         = "refresh_token"
+	keyExpiresAt            = "expires_at"
+	keyRefreshExpiresAt     = "refresh_token_expires_at"
+	keyDataAccessExpiresAt  = "data_access_expires_at"
+	keyObtainedAt           = "obtained_at"
+	keyTokenType            = "token_type"
+	keyScopes               = "scopes"
+	keyRefreshable          = "refreshable"
+	keyConsumed             = "consumed_grants"
+	keyHandledRequest       = "handled_refresh_request"
+	keyProvider             = "provider"
+	keyIntent               = "spend_intent"
+	keyFailure              = "last_failure"
+	keyGrantRejection       = "grant_rejection"
 
 	// maxConsumed bounds the remembered grant fingerprints.
 	maxConsumed = 16
@@ -49,12 +61,75 @@ func stateSecretName(mtName string) string { return stateNamePrefix + mtName }
 // tokenState is the decoded content of a state Secret.
 type tokenState struct {
 	Token *provider.Token
-	// Consumed are fingerprints of grants already consumed, newest last.
+	// Provider is the provider the token belongs to, so a ManagedToken of
+	// another provider never adopts it.
+	Provider string
+	// Consumed are fingerprints of grants already tried (used, or refused by
+	// the provider), newest last. A grant is tried once per value.
 	Consumed []string
-	// HandledRequest is the refresh-requested-at value whose refresh produced
-	// this state. It is stored with the new pair, so a failed status write
-	// cannot cause a second refresh for the same request.
+	// HandledRequest is the refresh-requested-at value whose refresh
+	// produced this state. It is stored with the outcome of that refresh, so
+	// a forced refresh happens exactly once.
 	HandledRequest string
+	// Intent is a spend (refresh or grant exchange) that started and has no
+	// known outcome yet; see spendIntent.
+	Intent *spendIntent
+	// Failure is the last failed provider call since the last success.
+	Failure *failureRecord
+	// GrantRejection is a new grant the provider refused while a usable
+	// token was stored: the token stays, and the grant is not retried until
+	// its value changes.
+	GrantRejection *failureRecord
+}
+
+// spendIntent is written, with a conditional update, before a refresh token
+// or a grant is sent to the provider. While it is there and its deadline has
+// not passed, no other reconciler (in this manager or another) spends
+// anything for this token. If it is still there after its deadline, the
+// spender stopped without an answer: the next spend sends the same value
+// again, and if the provider then calls it used, the outcome is reported as
+// unknown (ReasonRefreshOutcomeUnknown) instead of guessed.
+type spendIntent struct {
+	// Op is "refresh" or "bootstrap".
+	Op string `json:"op"`
+	// Grant is the credentials key spent by a bootstrap.
+	Grant string `json:"grant,omitempty"`
+	// Spent is the fingerprint of the refresh token or grant value sent.
+	Spent string `json:"spent"`
+	// Started and Deadline bound the spend.
+	Started  time.Time `json:"started"`
+	Deadline time.Time `json:"deadline"`
+	// Unanswered is set when a spend of the same value ended without a
+	// definite answer (timeout, lost connection, crash); it is when the
+	// first such spend started.
+	Unanswered *time.Time `json:"unanswered,omitempty"`
+	// Request is the refresh-requested-at value this spend handles.
+	Request string `json:"request,omitempty"`
+}
+
+// failureRecord is a provider failure as the state Secret keeps it: the
+// classification and its safe message, never a token.
+type failureRecord struct {
+	Kind    string    `json:"kind"`
+	Reason  string    `json:"reason"`
+	Message string    `json:"message"`
+	Op      string    `json:"op,omitempty"`
+	At      time.Time `json:"at"`
+	// Count is the number of consecutive failures.
+	Count int32 `json:"count"`
+	// RetryAt is when a failure that heals by itself is retried; zero when
+	// calls are halted.
+	RetryAt time.Time `json:"retryAt,omitempty"`
+	// Halted: a human must act; no provider call until Inputs change.
+	Halted bool `json:"halted,omitempty"`
+	// Inputs fingerprints what a human can change (see inputsFingerprint).
+	// A change of inputs ends a halt and a back-off.
+	Inputs string `json:"inputs"`
+}
+
+// usable reports whether the state holds a token that can be published now.
+func (s tokenState) usable(now time.Time) bool {
+	return s.Token != nil && (!s.Token.Expires || now.Before(s.Token.ExpiresAt))
 }
 
 // fingerprint identifies a credentials value without revealing it.
@@ -63,19 +138,44 @@ func fingerprint(key, value string) string {
 	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
-func (s tokenState) hasConsumed(fp string) bool {
-	for _, c := range s.Consumed {
-		if c == fp {
-			return true
-		}
+// spentFingerprint identifies the refresh token a refresh of t sends.
+func spentFingerprint(t *provider.Token) string {
+	if t == nil {
+		return ""
 	}
-	return false
+	return fingerprint(keyRefreshToken, t.RefreshToken+"\x00"+t.AccessToken)
+}
+
+func (s tokenState) hasConsumed(fp string) bool { return slices.Contains(s.Consumed, fp) }
+
+// clone returns a deep enough copy of s to modify.
+func (s tokenState) clone() tokenState {
+	out := s
+	out.Consumed = slices.Clone(s.Consumed)
+	if s.Token != nil {
+		t := *s.Token
+		t.Scopes = slices.Clone(s.Token.Scopes)
+		out.Token = &t
+	}
+	if s.Intent != nil {
+		i := *s.Intent
+		out.Intent = &i
+	}
+	if s.Failure != nil {
+		f := *s.Failure
+		out.Failure = &f
+	}
+	if s.GrantRejection != nil {
+		f := *s.GrantRejection
+		out.GrantRejection = &f
+	}
+	return out
 }
 
 // withConsumed returns a copy of s that remembers fp.
 func (s tokenState) withConsumed(fp string) tokenState {
-	out := tokenState{Token: s.Token, Consumed: append([]string(nil), s.Consumed...), HandledRequest: s.HandledRequest}
-	if !out.hasConsumed(fp) {
+	out := s.clone()
+	if fp != "" && !out.hasConsumed(fp) {
 		out.Consumed = append(out.Consumed, fp)
 	}
 	if n := len(out.Consumed); n > maxConsumed {
@@ -86,17 +186,38 @@ func (s tokenState) withConsumed(fp string) tokenState {
 
 func encodeState(s tokenState) map[string][]byte {
 	d := map[string][]byte{}
+	if s.Provider != "" {
+		d[keyProvider] = []byte(s.Provider)
+	}
 	if len(s.Consumed) > 0 {
 		d[keyConsumed] = []byte(strings.Join(s.Consumed, "\n"))
 	}
 	if s.HandledRequest != "" {
 		d[keyHandledRequest] = []byte(s.HandledRequest)
 	}
+	putJSON := func(k string, v any) {
+		b, err := json.Marshal(v)
+		if err == nil {
+			d[k] = b
+		}
+	}
+	if s.Intent != nil {
+		putJSON(keyIntent, s.Intent)
+	}
+	if s.Failure != nil {
+		putJSON(keyFailure, s.Failure)
+	}
+	if s.GrantRejection != nil {
+		putJSON(keyGrantRejection, s.GrantRejection)
+	}
 	t := s.Token
 	if t == nil {
 		return d
 	}
 	d[keyAccessToken] = []byte(t.AccessToken)
+	if t.PublishedAccessToken != "" {
+		d[keyPublishedAccessToken] = []byte(t.PublishedAccessToken)
+	}
 	if t.RefreshToken != "" {
 		d[keyRefreshToken] = []byte(t.RefreshToken)
 	}
@@ -121,22 +242,71 @@ func encodeState(s tokenState) map[string][]byte {
 	return d
 }
 
+// errCorruptState is a state Secret the operator cannot read. It is never
+// overwritten: that could drop a live refresh token.
+type errCorruptState struct{ key string }
+
+func (e errCorruptState) Error() string {
+	return fmt.Sprintf("state Secret key %q cannot be read", e.key)
+}
+
 // decodeState reads a state Secret. A Secret without an access token holds
-// only consumed fingerprints.
+// only bookkeeping. Unreadable content is an errCorruptState naming the key
+// (never its value).
 func decodeState(d map[string][]byte) (tokenState, error) {
 	var s tokenState
+	s.Provider = string(d[keyProvider])
 	if c := strings.TrimSpace(string(d[keyConsumed])); c != "" {
 		s.Consumed = strings.Split(c, "\n")
 	}
 	s.HandledRequest = string(d[keyHandledRequest])
+	getJSON := func(k string, v any) error {
+		if len(d[k]) == 0 {
+			return nil
+		}
+		if err := json.Unmarshal(d[k], v); err != nil {
+			return errCorruptState{key: k}
+		}
+		return nil
+	}
+	var in spendIntent
+	var fail, rej failureRecord
+	for _, e := range []struct {
+		key string
+		v   any
+	}{{keyIntent, &in}, {keyFailure, &fail}, {keyGrantRejection, &rej}} {
+		if err := getJSON(e.key, e.v); err != nil {
+			return tokenState{}, err
+		}
+	}
+	if len(d[keyIntent]) > 0 {
+		s.Intent = &in
+	}
+	if len(d[keyFailure]) > 0 {
+		s.Failure = &fail
+	}
+	if len(d[keyGrantRejection]) > 0 {
+		s.GrantRejection = &rej
+	}
 	if len(d[keyAccessToken]) == 0 {
+		if len(d[keyRefreshToken]) > 0 {
+			// A refresh token without its access token is not something
+			// the operator writes: do not guess.
+			return tokenState{}, errCorruptState{key: keyAccessToken}
+		}
 		return s, nil
 	}
 	t := &provider.Token{
-		AccessToken:  string(d[keyAccessToken]),
-		RefreshToken: string(d[keyRefreshToken]),
-		Type:         string(d[keyTokenType]),
-		Refreshable:  string(d[keyRefreshable]) == "true",
+		AccessToken:          string(d[keyAccessToken]),
+		PublishedAccessToken: string(d[keyPublishedAccessToken]),
+		RefreshToken:         string(d[keyRefreshToken]),
+		Type:                 string(d[keyTokenType]),
+	}
+	switch r := string(d[keyRefreshable]); r {
+	case "true", "false":
+		t.Refreshable = r == "true"
+	default:
+		return tokenState{}, errCorruptState{key: keyRefreshable}
 	}
 	if sc := string(d[keyScopes]); sc != "" {
 		t.Scopes = strings.Split(sc, ",")
@@ -150,7 +320,7 @@ func decodeState(d map[string][]byte) (tokenState, error) {
 		var tm time.Time
 		tm, err = time.Parse(time.RFC3339, string(v))
 		if err != nil {
-			err = fmt.Errorf("state key %s is not an RFC 3339 time", k)
+			err = errCorruptState{key: k}
 		}
 		return tm
 	}
@@ -169,94 +339,4 @@ func decodeState(d map[string][]byte) (tokenState, error) {
 // sameData reports whether two Secret data maps are equal.
 func sameData(a, b map[string][]byte) bool {
 	return maps.EqualFunc(a, b, func(x, y []byte) bool { return string(x) == string(y) })
-}
-
-// pendingStore keeps new token pairs that the provider issued but that could
-// not be stored yet. While a pair is pending, the provider is not called for
-// that ManagedToken: the pair is retried until it is stored, because the old
-// refresh token is already dead. It also remembers the last stored state, so
-// a deleted state Secret is written again instead of being lost.
-type pendingStore struct {
-	mu      sync.Mutex
-	pending map[types.NamespacedName]pendingEntry
-	last    map[types.NamespacedName]lastEntry
-	// restarts are rollout restarts that failed and are owed, since the
-	// next reconcile no longer sees the token change.
-	restarts map[types.NamespacedName]bool
-}
-
-type pendingEntry struct {
-	uid      types.UID
-	state    tokenState
-	attempts int32
-}
-
-type lastEntry struct {
-	uid   types.UID
-	state tokenState
-}
-
-func newPendingStore() *pendingStore {
-	return &pendingStore{
-		pending:  map[types.NamespacedName]pendingEntry{},
-		last:     map[types.NamespacedName]lastEntry{},
-		restarts: map[types.NamespacedName]bool{},
-	}
-}
-
-// get returns the pending pair of the ManagedToken key with that uid.
-func (p *pendingStore) get(key types.NamespacedName, uid types.UID) (pendingEntry, bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	e, ok := p.pending[key]
-	return e, ok && e.uid == uid
-}
-
-func (p *pendingStore) put(key types.NamespacedName, e pendingEntry) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.pending[key] = e
-}
-
-// stored records that s is durably stored for the ManagedToken.
-func (p *pendingStore) stored(key types.NamespacedName, uid types.UID, s tokenState) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	delete(p.pending, key)
-	p.last[key] = lastEntry{uid: uid, state: s}
-}
-
-// lastStored returns the state last stored for the ManagedToken.
-func (p *pendingStore) lastStored(key types.NamespacedName, uid types.UID) (tokenState, bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	e, ok := p.last[key]
-	return e.state, ok && e.uid == uid
-}
-
-// restartOwed reports whether a failed rollout restart must be retried, and
-// setRestartOwed records it.
-func (p *pendingStore) restartOwed(key types.NamespacedName) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.restarts[key]
-}
-
-func (p *pendingStore) setRestartOwed(key types.NamespacedName, owed bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if owed {
-		p.restarts[key] = true
-	} else {
-		delete(p.restarts, key)
-	}
-}
-
-// forget drops everything kept for a deleted ManagedToken.
-func (p *pendingStore) forget(key types.NamespacedName) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	delete(p.pending, key)
-	delete(p.last, key)
-	delete(p.restarts, key)
 }

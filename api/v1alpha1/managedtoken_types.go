@@ -41,9 +41,14 @@ const (
 	// spec.facebook.graphAPIVersion is not set (v26.0, July 2026).
 	DefaultGraphAPIVersion = "v26.0"
 	// DefaultRefreshBeforeFacebook and DefaultRefreshBeforeAmoCRM are the
-	// provider-specific defaults of spec.refreshBefore.
-	DefaultRefreshBeforeFacebook = "168h"
-	DefaultRefreshBeforeAmoCRM   = "2h"
+	// provider-specific defaults of spec.refreshBefore for tokens the
+	// operator renews; DefaultRefreshBeforeMonitored is the default for
+	// tokens only a human can renew (a long-lived AmoCRM token, a Facebook
+	// user token), so the warning comes weeks ahead. Each is capped at half
+	// the token's lifetime.
+	DefaultRefreshBeforeFacebook  = "168h"
+	DefaultRefreshBeforeAmoCRM    = "2h"
+	DefaultRefreshBeforeMonitored = "336h"
 	// DefaultCheckInterval is the default of spec.checkInterval.
 	DefaultCheckInterval = "2h"
 )
@@ -77,9 +82,13 @@ type ManagedTokenSpec struct {
 	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",message="secretName must be a valid Secret name: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"
 	SecretName string `json:"secretName"`
 
-	// refreshBefore: refresh when the token expires within this duration.
-	// Defaults to 168h for Facebook and 2h for AmoCRM (applied by the
-	// controller, since an OpenAPI default cannot depend on the provider).
+	// refreshBefore: refresh when the token expires within this duration
+	// (for a token only a human can renew: ask for reauthorization then).
+	// Defaults to 168h for Facebook and 2h for AmoCRM, and 336h (14 days)
+	// for tokens only a human can renew (applied by the controller, since an
+	// OpenAPI default cannot depend on the provider or the token). It is
+	// capped at half the token's observed lifetime, so a token is refreshed
+	// at most once per half lifetime.
 	// +optional
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:MaxLength=64

@@ -33,6 +33,10 @@ func (c Credentials) Has(key string) bool { return c.Get(key) != "" }
 type Token struct {
 	// AccessToken is the value published to workloads.
 	AccessToken string
+	// PublishedAccessToken is the value published to workloads when it
+	// differs from AccessToken (a Facebook Page token derived from the
+	// managed user or system-user token); empty means AccessToken.
+	PublishedAccessToken string
 	// RefreshToken is set only for providers that rotate one (AmoCRM).
 	RefreshToken string
 	// ExpiresAt is the access token's expiry; meaningful only when Expires.
@@ -56,6 +60,14 @@ type Token struct {
 	// human. A non-refreshable token is monitored, and the operator asks for
 	// reauthorization when it nears expiry.
 	Refreshable bool
+}
+
+// Published returns the value workloads get.
+func (t *Token) Published() string {
+	if t.PublishedAccessToken != "" {
+		return t.PublishedAccessToken
+	}
+	return t.AccessToken
 }
 
 // Request is what a provider call gets: the ManagedToken's spec (for
@@ -95,8 +107,11 @@ type Provider interface {
 
 	// ValidateCredentials returns nil when creds hold every key this provider
 	// needs, or an *Error of KindConfiguration, reason CredentialsKeyMissing,
-	// whose message names the missing keys (never their values).
-	ValidateCredentials(creds Credentials) error
+	// whose message names the missing keys (never their values). stored is
+	// the token already stored (nil when none): once there is one, only what
+	// renewing or checking it needs is required, not the grant it came from
+	// (a user or a GitOps tool may remove a consumed grant).
+	ValidateCredentials(creds Credentials, stored *Token) error
 }
 
 func trimSpace(s string) string {

@@ -158,8 +158,11 @@ func (c *Client) BootstrapGrants(creds provider.Credentials) []string {
 }
 
 // ValidateCredentials implements provider.Provider.
-func (c *Client) ValidateCredentials(creds provider.Credentials) error {
-	hasOAuth := creds.Has(KeyRefreshToken) || creds.Has(KeyAuthorizationCode)
+func (c *Client) ValidateCredentials(creds provider.Credentials, stored *provider.Token) error {
+	if stored != nil && !stored.Refreshable {
+		return nil // a stored long-lived token needs nothing else
+	}
+	hasOAuth := stored != nil || creds.Has(KeyRefreshToken) || creds.Has(KeyAuthorizationCode)
 	if !hasOAuth {
 		if creds.Has(KeyAccessToken) {
 			return nil // a long-lived token needs nothing else

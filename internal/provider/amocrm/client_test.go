@@ -433,7 +433,7 @@ func TestLongLivedBootstrap(t *testing.T) {
 	if g := h.client.BootstrapGrants(req.Credentials); !slices.Equal(g, []string{"access_token"}) {
 		t.Fatalf("grants %v", g)
 	}
-	if err := h.client.ValidateCredentials(req.Credentials); err != nil {
+	if err := h.client.ValidateCredentials(req.Credentials, nil); err != nil {
 		t.Fatalf("long-lived credentials rejected: %v", err)
 	}
 	tok, err := h.client.Bootstrap(context.Background(), req, GrantAccessToken)
@@ -650,7 +650,7 @@ func TestValidateCredentials(t *testing.T) {
 		for k, v := range tc.creds {
 			creds[k] = []byte(v)
 		}
-		err := c.ValidateCredentials(creds)
+		err := c.ValidateCredentials(creds, nil)
 		if len(tc.missing) == 0 {
 			if err != nil {
 				t.Errorf("%s: %v", tc.name, err)

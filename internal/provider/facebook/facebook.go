@@ -121,9 +121,13 @@ func New(opts Options) *Client {
 }
 
 // ValidateCredentials implements provider.Provider.
-func (c *Client) ValidateCredentials(creds provider.Credentials) error {
+func (c *Client) ValidateCredentials(creds provider.Credentials, stored *provider.Token) error {
 	var missing []string
-	for _, k := range []string{KeyAppID, KeyAppSecret, KeyAccessToken} {
+	keys := []string{KeyAppID, KeyAppSecret, KeyAccessToken}
+	if stored != nil {
+		keys = keys[:2] // a stored token is checked and renewed with the app credentials
+	}
+	for _, k := range keys {
 		if !creds.Has(k) {
 			missing = append(missing, k)
 		}
@@ -155,7 +159,7 @@ func (c *Client) BootstrapGrants(creds provider.Credentials) []string {
 // access_token; a short-lived user token is exchanged for a long-lived one,
 // any other kind is adopted as is.
 func (c *Client) Bootstrap(ctx context.Context, req provider.Request, grant string) (*provider.Token, error) {
-	if err := c.ValidateCredentials(req.Credentials); err != nil {
+	if err := c.ValidateCredentials(req.Credentials, nil); err != nil {
 		return nil, err
 	}
 	if grant != KeyAccessToken {
@@ -219,7 +223,7 @@ func (c *Client) Bootstrap(ctx context.Context, req provider.Request, grant stri
 // Refresh implements provider.Provider. It is meant for expiring
 // system-user tokens: the exchange call with set_token_expires_in_60_days.
 func (c *Client) Refresh(ctx context.Context, req provider.Request, current *provider.Token) (*provider.Token, error) {
-	if err := c.ValidateCredentials(req.Credentials); err != nil {
+	if err := c.ValidateCredentials(req.Credentials, current); err != nil {
 		return nil, err
 	}
 	if current == nil || current.AccessToken == "" {
@@ -281,7 +285,7 @@ func (c *Client) Probe(ctx context.Context, req provider.Request, current *provi
 		return nil, &provider.Error{Kind: provider.KindConfiguration, Reason: "NoCurrentToken", Op: OpDebugToken,
 			Message: "there is no current token to check"}
 	}
-	if err := c.ValidateCredentials(req.Credentials); err != nil {
+	if err := c.ValidateCredentials(req.Credentials, current); err != nil {
 		return nil, err
 	}
 	version, err := graphVersion(req.Spec)

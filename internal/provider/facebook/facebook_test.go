@@ -789,7 +789,7 @@ func TestValidateCredentialsAndGrants(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			err := c.ValidateCredentials(tc.creds)
+			err := c.ValidateCredentials(tc.creds, nil)
 			if tc.wantMissing == nil {
 				if err != nil {
 					t.Fatalf("unexpected error %v", err)

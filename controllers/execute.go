@@ -1,0 +1,453 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	"github.com/tokenkeeper/tokenkeeper/internal/provider"
+)
+
+const (
+	opRefresh   = "refresh"
+	opBootstrap = "bootstrap"
+)
+
+// outcome is what execute returns: the state this run ends with, and what
+// happened on the way. It holds no secret beyond the state itself.
+type outcome struct {
+	// state is the state after this run; rv its resourceVersion.
+	state tokenState
+	rv    string
+	// stored is false while state holds a pair that is only in memory.
+	stored bool
+	// obtained: state holds a token issued in this run; grant is the
+	// credentials key it came from ("" for a refresh).
+	obtained bool
+	grant    string
+	// checked: the provider confirmed the token in this run.
+	checked bool
+	// failure is this run's provider failure; grantRejected a new grant the
+	// provider refused while a usable token stayed in place.
+	failure       *provider.Error
+	grantRejected *provider.Error
+	// storeErr: the state could not be written; conflict: the state changed
+	// under this run, which re-reads and decides again soon.
+	storeErr error
+	conflict bool
+	// deferred: the manager is stopping, so no new spend was started.
+	deferred bool
+}
+
+// execute carries out the plan. Spends follow the rotation protocol
+// (spend); probes never write token material (probe).
+func (r *ManagedTokenReconciler) execute(ctx context.Context, in *inputs, p plan) outcome {
+	out := outcome{state: in.current(), rv: in.record.rv, stored: in.pending == nil}
+	switch {
+	case in.problem != nil:
+		return out
+	case in.pending != nil:
+		return r.storePending(ctx, in)
+	case in.restore != nil:
+		// The state Secret was deleted: write what we know again rather
+		// than lose the refresh token. Nothing else happens this run.
+		return r.commit(ctx, in, nil, "", *in.restore, outcome{state: *in.restore})
+	}
+	switch p.Action {
+	case actionProbe:
+		return r.probe(ctx, in, p)
+	case actionRefresh, actionBootstrap:
+		return r.spend(ctx, in, p)
+	}
+	return out
+}
+
+// spend runs the rotation protocol for one refresh or grant exchange:
+//
+//  1. re-read the state Secret from the API server, and decide again if it
+//     moved (a stale cache never causes a spend);
+//  2. record the intent (what is spent, until when) with a write
+//     conditional on that read; a conflict means someone else moved first;
+//  3. call the provider and store the outcome, as one critical section
+//     that shutdown cannot cut (a bounded deadline instead);
+//  4. if the outcome cannot be stored, keep a new pair in memory, retry, and
+//     call the provider for nothing else until it is stored.
+//
+// TestCrashPoints kills or cancels the manager at each boundary.
+func (r *ManagedTokenReconciler) spend(ctx context.Context, in *inputs, p plan) outcome {
+	out := outcome{state: in.current(), rv: in.record.rv, stored: true}
+	logger := log.FromContext(ctx)
+	if ctx.Err() != nil {
+		// Shutting down, or the lease is lost: start no new spend.
+		out.deferred = true
+		return out
+	}
+	sec, err := readStateSecret(ctx, r.APIReader, in.mt)
+	if err != nil {
+		out.storeErr = err
+		return out
+	}
+	live, problem := parseStateSecret(sec, in.mt)
+	if problem != nil || live.rv != in.record.rv {
+		logger.V(1).Info("state changed since the cache was read; deciding again")
+		out.conflict = true
+		return out
+	}
+
+	base := in.record.state
+	intent := &spendIntent{Started: in.now, Deadline: in.now.Add(r.spendTimeout()), Request: in.forceRequest()}
+	var grantFP string
+	if p.Action == actionBootstrap {
+		intent.Op = opBootstrap
+		intent.Grant, grantFP = in.bootstrapGrant()
+		intent.Spent = grantFP
+	} else {
+		intent.Op, intent.Spent = opRefresh, spentFingerprint(base.Token)
+	}
+	if prev := base.Intent; prev != nil && prev.Spent == intent.Spent {
+		// The same value was sent before without an answer.
+		intent.Unanswered = prev.Unanswered
+		if intent.Unanswered == nil {
+			started := prev.Started
+			intent.Unanswered = &started
+		}
+	}
+	withIntent := base.clone()
+	withIntent.Intent = intent
+	rv, err := r.saveState(ctx, in.mt, in.record.rv, withIntent)
+	if errors.Is(err, errConflict) {
+		out.conflict = true
+		return out
+	}
+	if err != nil {
+		out.storeErr = err
+		return out
+	}
+
+	// The critical section: from here the manager's context may be
+	// cancelled (SIGTERM, lease loss) without cutting the call or the write.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.spendTimeout())
+	defer cancel()
+
+	req := provider.Request{Spec: &in.mt.Spec, Credentials: in.creds}
+	var tok *provider.Token
+	if p.Action == actionBootstrap {
+		tok, err = in.prov.Bootstrap(cctx, req, intent.Grant)
+		r.count(in, "bootstrap", err)
+	} else {
+		tok, err = in.prov.Refresh(cctx, req, base.Token)
+		r.count(in, "refresh", err)
+	}
+	next, o := settle(in, withIntent, tok, err)
+	if o.obtained {
+		logger.Info("obtained a new token", "op", intent.Op, "grant", intent.Grant, "tokenType", tok.Type, "expiresAt", tok.ExpiresAt)
+	}
+	if pe := o.failure; pe != nil {
+		logFailure(ctx, pe)
+	}
+	return r.commit(cctx, in, intent, rv, next, o)
+}
+
+// settle is the pure part of a spend's end: the state to store after the
+// provider answered (or did not), and the outcome to report.
+func settle(in *inputs, withIntent tokenState, tok *provider.Token, err error) (tokenState, outcome) {
+	intent := withIntent.Intent
+	next := withIntent.clone()
+	next.Intent = nil
+	if intent.Request != "" {
+		next.HandledRequest = intent.Request
+	}
+	o := outcome{}
+	if err == nil {
+		current := withIntent.Token
+		if intent.Op == opBootstrap && current != nil && current.Refreshable && !tok.Refreshable {
+			// Never downgrade a refreshable token to a monitored one by an
+			// implicit bootstrap: keep the token, say why, and do not try
+			// this grant again until its value changes.
+			pe := &provider.Error{Kind: provider.KindConfiguration, Reason: ReasonGrantNotAdopted, Op: opBootstrap,
+				Message: "the credentials Secret's " + intent.Grant + " is a token the operator cannot renew, and a renewable one is stored: it was not adopted. To switch, delete the ManagedToken's state Secret and re-create the credentials"}
+			next = next.withConsumed(intent.Spent)
+			next.GrantRejection = failureFrom(pe, in, nil, 1)
+			o.grantRejected = pe
+			return next, o
+		}
+		next.Token = tok
+		next.Failure, next.GrantRejection = nil, nil
+		if intent.Op == opBootstrap {
+			next = next.withConsumed(intent.Spent)
+		}
+		o.obtained, o.checked = true, true
+		if intent.Op == opBootstrap {
+			o.grant = intent.Grant
+		}
+		return next, o
+	}
+
+	pe := provider.AsError(err)
+	if pe.Kind == provider.KindTransient {
+		// No definite answer: the value may have been spent. Keep the
+		// intent (expired, so it blocks nobody) so that the next spend of
+		// the same value knows, and retry with back-off.
+		kept := *intent
+		kept.Deadline = in.now
+		if kept.Unanswered == nil {
+			started := intent.Started
+			kept.Unanswered = &started
+		}
+		next.Intent = &kept
+	} else if intent.Unanswered != nil && pe.Kind == provider.KindReauthorize {
+		// The provider now refuses a value that an earlier, unanswered
+		// spend sent: that spend most likely succeeded and its answer was
+		// lost. Say so rather than guess.
+		pe = &provider.Error{Kind: provider.KindReauthorize, Reason: ReasonRefreshOutcomeUnknown, Op: pe.Op, HTTPStatus: pe.HTTPStatus, Code: pe.Code,
+			Message: "a " + intent.Op + " sent at " + intent.Unanswered.UTC().Format(time.RFC3339) +
+				" got no answer (timeout, lost connection or a stopped manager), and the provider now refuses the value it sent (" + pe.Message +
+				"): the new pair was most likely issued and never received. Re-authorize: put a new authorization_code or refresh_token into the credentials Secret"}
+	}
+	if intent.Op == opBootstrap && pe.Kind != provider.KindTransient && pe.Kind != provider.KindThrottled {
+		next = next.withConsumed(intent.Spent)
+		if withIntent.usable(in.now) {
+			// A usable token stays in place; the refused grant is reported
+			// and not retried until it changes.
+			next.GrantRejection = failureFrom(pe, in, nil, 1)
+			o.grantRejected = pe
+			return next, o
+		}
+	}
+	count := int32(1)
+	if f := withIntent.Failure; f != nil {
+		count = f.Count + 1
+	}
+	next.Failure = failureFrom(pe, in, withIntent.Token, count)
+	o.failure = pe
+	return next, o
+}
+
+// failureFrom builds the stored record of a failure: halted when a human
+// must act, else with its retry time.
+func failureFrom(pe *provider.Error, in *inputs, t *provider.Token, count int32) *failureRecord {
+	f := &failureRecord{Kind: pe.Kind.String(), Reason: pe.Reason, Message: pe.Message, Op: pe.Op,
+		At: in.now, Count: count, Inputs: in.inputsFingerprint()}
+	switch pe.Kind {
+	case provider.KindReauthorize, provider.KindConfiguration, provider.KindBlocked, provider.KindTokenRejected:
+		f.Halted = true
+	default:
+		retryAfter := time.Duration(0)
+		if pe.Kind == provider.KindThrottled {
+			retryAfter = pe.RetryAfter
+		}
+		f.RetryAt = in.now.Add(retryDelay(count, retryAfter, in.now, t, in.checkInterval))
+	}
+	return f
+}
+
+// commit stores next, which was decided from the state at rv. On a
+// conflict it re-reads: if the stored state still is the one this run
+// started from (or holds this run's intent), the write is redone on top of
+// it; if it moved on, the newer state wins and a failure of this run is
+// dropped (a reconciler that lost a race never halts a healthy token).
+// Other write errors are retried until ctx's deadline; a new pair that still
+// cannot be stored is kept in memory.
+func (r *ManagedTokenReconciler) commit(ctx context.Context, in *inputs, intent *spendIntent, rv string, next tokenState, o outcome) outcome {
+	logger := log.FromContext(ctx)
+	delay := 50 * time.Millisecond
+	for {
+		newRV, err := r.saveState(ctx, in.mt, rv, next)
+		if err == nil {
+			o.state, o.rv, o.stored = next, newRV, true
+			r.memory().stored(in.key, in.mt.UID, next)
+			return o
+		}
+		if errors.Is(err, errConflict) {
+			sec, rerr := readStateSecret(ctx, r.APIReader, in.mt)
+			if rerr == nil {
+				fresh, problem := parseStateSecret(sec, in.mt)
+				switch {
+				case problem != nil:
+					// Someone replaced the Secret with something we must not
+					// overwrite; keep a new pair in memory.
+				case ours(fresh.state, in.current(), intent):
+					rv = fresh.rv
+					if sec == nil {
+						rv = ""
+					}
+					continue
+				case o.obtained && !newerPair(fresh.state, next):
+					rv = fresh.rv
+					continue
+				default:
+					logger.Info("the stored state moved on meanwhile; keeping the newer state")
+					return outcome{state: fresh.state, rv: fresh.rv, stored: true, conflict: true}
+				}
+			}
+			err = errors.Join(err, rerr)
+		}
+		if d, ok := ctx.Deadline(); !ok || ctx.Err() != nil || time.Now().Add(delay).After(d) {
+			o.storeErr = err
+			if o.obtained {
+				r.memory().setPending(in.key, memEntry{uid: in.mt.UID, state: next, attempts: 1})
+				o.state, o.stored = next, false
+				logger.Error(err, "new token could not be stored; keeping it in memory and retrying")
+			} else {
+				o.state, o.stored = in.current(), true
+			}
+			return o
+		}
+		time.Sleep(delay)
+		delay = min(delay*2, 2*time.Second)
+	}
+}
+
+// ours reports whether fresh is still the state a run started from, or
+// that state with the run's own intent.
+func ours(fresh, started tokenState, intent *spendIntent) bool {
+	if intent != nil && fresh.Intent != nil && fresh.Intent.Spent == intent.Spent && fresh.Intent.Started.Equal(intent.Started) {
+		return true
+	}
+	return spentFingerprint(fresh.Token) == spentFingerprint(started.Token) && (fresh.Intent == nil || fresh.Intent.Deadline.Before(startedOr(intent)))
+}
+
+func startedOr(intent *spendIntent) time.Time {
+	if intent == nil {
+		return time.Time{}
+	}
+	return intent.Started
+}
+
+// newerPair reports whether the stored state holds a pair obtained after
+// the one this run got.
+func newerPair(stored, mine tokenState) bool {
+	return stored.Token != nil && mine.Token != nil && stored.Token.ObtainedAt.After(mine.Token.ObtainedAt)
+}
+
+// storePending writes a pair that was issued but not stored yet. No
+// provider call happens in such a run.
+func (r *ManagedTokenReconciler) storePending(ctx context.Context, in *inputs) outcome {
+	e := *in.pending
+	rv := in.record.rv
+	if sec, err := readStateSecret(ctx, r.APIReader, in.mt); err == nil {
+		if fresh, problem := parseStateSecret(sec, in.mt); problem == nil {
+			rv = fresh.rv
+			if newerPair(fresh.state, e.state) {
+				r.memory().stored(in.key, in.mt.UID, fresh.state)
+				return outcome{state: fresh.state, rv: fresh.rv, stored: true}
+			}
+		}
+	}
+	newRV, err := r.saveState(ctx, in.mt, rv, e.state)
+	if err != nil {
+		e.attempts++
+		r.memory().setPending(in.key, e)
+		log.FromContext(ctx).Error(err, "new token still not stored; provider calls paused for this token", "attempt", e.attempts)
+		return outcome{state: e.state, stored: false, storeErr: err}
+	}
+	r.memory().stored(in.key, in.mt.UID, e.state)
+	return outcome{state: e.state, rv: newRV, stored: true, obtained: true}
+}
+
+// probe checks the token. It writes no token material: only metadata the
+// provider reported (expiry, scopes, type) and the failure bookkeeping, with
+// a write conditional on the state it read, so a probe racing a refresh can
+// never restore an older pair (TestProbeRacingRefreshNeverRestoresOldPair).
+// A rejected refreshable token is refreshed, and the new one probed once;
+// a second rejection halts with ReasonTokenRejectedAfterRefresh.
+func (r *ManagedTokenReconciler) probe(ctx context.Context, in *inputs, p plan) outcome {
+	base := in.record.state
+	req := provider.Request{Spec: &in.mt.Spec, Credentials: in.creds}
+	tok, err := in.prov.Probe(ctx, req, base.Token)
+	if err != nil {
+		pe := provider.AsError(err)
+		logFailure(ctx, pe)
+		if pe.Kind == provider.KindTokenRejected && base.Token.Refreshable {
+			log.FromContext(ctx).Info("access token rejected by the provider; refreshing")
+			out := r.spend(ctx, in, plan{Action: actionRefresh, Why: "ProbeRejected"})
+			if !out.obtained || !out.stored {
+				return out
+			}
+			return r.probeAfterRefresh(ctx, in, out)
+		}
+		next := base.clone()
+		count := int32(1)
+		if base.Failure != nil {
+			count = base.Failure.Count + 1
+		}
+		next.Failure = failureFrom(pe, in, base.Token, count)
+		if in.forceRequest() != "" {
+			next.HandledRequest = in.forceRequest()
+		}
+		return r.commit(ctx, in, nil, in.record.rv, next, outcome{failure: pe})
+	}
+	next := base.clone()
+	mergeMetadata(next.Token, tok)
+	next.Failure = nil
+	if in.forceRequest() != "" {
+		next.HandledRequest = in.forceRequest()
+	}
+	out := outcome{state: base, rv: in.record.rv, stored: true, checked: true}
+	if sameData(encodeState(withProvider(next, in)), encodeState(withProvider(base, in))) {
+		return out
+	}
+	return r.commit(ctx, in, nil, in.record.rv, next, out)
+}
+
+// probeAfterRefresh probes a token obtained because the previous one was
+// rejected. A rejection again is not about the token (a disabled user, an
+// account the token cannot reach): calls stop with a precise reason.
+func (r *ManagedTokenReconciler) probeAfterRefresh(ctx context.Context, in *inputs, out outcome) outcome {
+	req := provider.Request{Spec: &in.mt.Spec, Credentials: in.creds}
+	_, err := in.prov.Probe(ctx, req, out.state.Token)
+	if err == nil {
+		return out
+	}
+	pe := provider.AsError(err)
+	if pe.Kind == provider.KindTokenRejected {
+		pe = &provider.Error{Kind: provider.KindReauthorize, Reason: ReasonTokenRejectedAfterRefresh, Op: pe.Op, HTTPStatus: pe.HTTPStatus, Code: pe.Code,
+			Message: "the provider rejected the access token, and rejected the new one issued right after as well (" + pe.Message +
+				"): the cause is not the token but the account or user behind it (disabled user, removed integration, wrong account host). Fix that in the provider's account, then set the refresh-requested-at annotation"}
+	}
+	logFailure(ctx, pe)
+	next := out.state.clone()
+	next.Failure = failureFrom(pe, in, next.Token, 1)
+	in2 := *in
+	in2.record = stateRecord{state: out.state, rv: out.rv}
+	o := r.commit(ctx, &in2, nil, out.rv, next, outcome{failure: pe, obtained: true})
+	return o
+}
+
+// mergeMetadata copies what a probe may change into t: expiry, data access
+// expiry, type, scopes. Never the token values.
+func mergeMetadata(t, probed *provider.Token) {
+	if t == nil || probed == nil {
+		return
+	}
+	t.Expires, t.ExpiresAt = probed.Expires, probed.ExpiresAt
+	t.DataAccessExpiresAt = probed.DataAccessExpiresAt
+	if probed.Type != "" {
+		t.Type = probed.Type
+	}
+	if len(probed.Scopes) > 0 {
+		t.Scopes = append([]string(nil), probed.Scopes...)
+	}
+}
+
+func withProvider(s tokenState, in *inputs) tokenState {
+	s.Provider = string(in.mt.Spec.Provider)
+	return s
+}
+
+func logFailure(ctx context.Context, pe *provider.Error) {
+	log.FromContext(ctx).Info("provider call failed", "kind", pe.Kind.String(), "reason", pe.Reason, "op", pe.Op, "httpStatus", pe.HTTPStatus, "code", pe.Code)
+}
+
+func (r *ManagedTokenReconciler) count(in *inputs, op string, err error) {
+	if r.Metrics == nil {
+		return
+	}
+	result := "success"
+	if err != nil {
+		result = provider.AsError(err).Kind.String()
+	}
+	r.Metrics.RecordRefresh(string(in.mt.Spec.Provider), result)
+}

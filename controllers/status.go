@@ -1,0 +1,274 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
+	"github.com/tokenkeeper/tokenkeeper/internal/provider"
+)
+
+// haltSuffix ends the message of every condition that stops provider calls.
+const haltSuffix = " The operator will not call the provider again for this token until spec, the credentials Secret or the " +
+	tokensv1alpha1.RefreshRequestedAtAnnotation + " annotation changes."
+
+// finish writes the status once (only when it changed), emits events for
+// transitions and new tokens, and returns when to look again: the plan of
+// the state this run ends with.
+func (r *ManagedTokenReconciler) finish(ctx context.Context, in *inputs, out outcome, pub published, status tokensv1alpha1.ManagedTokenStatus) (ctrl.Result, error) {
+	r.emitEvents(in, out, status)
+	if !equality.Semantic.DeepEqual(in.mt.Status, status) {
+		after := in.mt.DeepCopy()
+		after.Status = status
+		if err := r.Status().Patch(ctx, after, client.MergeFrom(in.mt)); err != nil {
+			return ctrl.Result{}, errors.Join(pub.err, err)
+		}
+	}
+	if pub.err != nil {
+		return ctrl.Result{}, pub.err
+	}
+	return ctrl.Result{RequeueAfter: wakeAfterRun(in, out, status)}, nil
+}
+
+// wakeAfterRun is when to reconcile again: soon after a conflict, with
+// back-off while a pair is not stored, else the plan of the new state.
+func wakeAfterRun(in *inputs, out outcome, status tokensv1alpha1.ManagedTokenStatus) time.Duration {
+	switch {
+	case out.conflict:
+		return minWake
+	case !out.stored:
+		attempts := int32(1)
+		if in.pending != nil {
+			attempts = in.pending.attempts + 1
+		}
+		return retryDelay(attempts, 0, in.now, nil, in.checkInterval)
+	case out.storeErr != nil:
+		return retryDelay(1, 0, in.now, nil, in.checkInterval)
+	}
+	after := *in
+	after.record = stateRecord{state: out.state, rv: out.rv}
+	after.pending, after.restore = nil, nil
+	after.mt = in.mt.DeepCopy()
+	after.mt.Status = status
+	d := after.decisionInput()
+	d.ForceRequested = false // handled, or deferred to the next event
+	p := decide(d)
+	if p.Action != actionNone {
+		return minWake
+	}
+	return p.Wake
+}
+
+// projectStatus derives the status from the inputs and the outcome, as a
+// pure function. It holds no secret values.
+func projectStatus(in *inputs, out outcome, pub published) tokensv1alpha1.ManagedTokenStatus {
+	mt := in.mt.DeepCopy()
+	st := &mt.Status
+	st.ObservedGeneration = mt.Generation
+	state := out.state
+	if h := state.HandledRequest; out.stored && h != "" && h == mt.Annotations[tokensv1alpha1.RefreshRequestedAtAnnotation] {
+		st.LastHandledRefreshRequest = h
+	}
+	if out.checked {
+		now := metav1.NewTime(in.now)
+		st.LastCheckTime = &now
+	}
+	projectFailure(st, state.Failure)
+
+	t := state.Token
+	refreshBefore := effectiveRefreshBefore(&mt.Spec, t)
+	var sched plan
+	if t != nil {
+		d := in.decisionInput()
+		d.Token, d.RefreshBefore = t, refreshBefore
+		sched.RefreshAt, sched.EffectiveRefreshBefore, sched.Capped = refreshSchedule(d)
+	}
+	if out.stored && t != nil {
+		st.TokenType = t.Type
+		st.Scopes = t.Scopes
+		st.ExpirationTimestamp = optTime(t.Expires, t.ExpiresAt)
+		st.DataAccessExpirationTimestamp = optTime(!t.DataAccessExpiresAt.IsZero(), t.DataAccessExpiresAt)
+		st.RefreshTokenExpirationTimestamp = optTime(t.Refreshable && !t.RefreshTokenExpiresAt.IsZero(), t.RefreshTokenExpiresAt)
+		st.LastRefreshTime = optTime(!t.ObtainedAt.IsZero(), t.ObtainedAt)
+		st.NextRefreshTime = optTime(t.Refreshable && !sched.RefreshAt.IsZero(), sched.RefreshAt)
+	}
+	setConditions(mt, in, out, pub, sched)
+	return mt.Status
+}
+
+// projectFailure reports the stored failure bookkeeping in status.
+func projectFailure(st *tokensv1alpha1.ManagedTokenStatus, f *failureRecord) {
+	st.ConsecutiveFailures, st.NextRetryTime, st.HaltedInputs = 0, nil, ""
+	if f == nil {
+		return
+	}
+	st.ConsecutiveFailures = f.Count
+	at := metav1.NewTime(f.At.UTC().Truncate(time.Second))
+	st.LastFailureTime = &at
+	if f.Halted {
+		st.HaltedInputs = f.Inputs
+	} else {
+		st.NextRetryTime = optTime(true, f.RetryAt)
+	}
+}
+
+// setConditions sets Ready and ReauthorizationRequired.
+func setConditions(mt *tokensv1alpha1.ManagedToken, in *inputs, out outcome, pub published, sched plan) {
+	now := metav1.NewTime(in.now)
+	ready := func(s metav1.ConditionStatus, reason, msg string) {
+		setCondition(mt, tokensv1alpha1.ConditionReady, s, reason, msg, now)
+	}
+	reauth := func(s metav1.ConditionStatus, reason, msg string) {
+		setCondition(mt, tokensv1alpha1.ConditionReauthorizationRequired, s, reason, msg, now)
+	}
+	state := out.state
+	t := state.Token
+	reauthFromToken := func() {
+		s, reason, msg := reauthorization(t, in.now, sched.EffectiveRefreshBefore, mt.Spec.CredentialsSecretRef.Name)
+		reauth(s, reason, msg)
+	}
+	f := state.Failure
+	halted := f != nil && f.Halted && f.Inputs == in.inputsFingerprint()
+	problem := in.problem
+	if problem == nil {
+		problem = pub.problem
+	}
+
+	switch {
+	case problem != nil:
+		ready(metav1.ConditionFalse, problem.reason, problem.message)
+		if t != nil {
+			reauthFromToken()
+		}
+	case !out.stored:
+		ready(metav1.ConditionFalse, ReasonStatePending, "a new token was issued but could not be stored yet; retrying with back-off, and the provider is not called meanwhile")
+		reauthFromToken()
+	case f != nil && (halted || f.Kind == provider.KindReauthorize.String() || f.Kind == provider.KindTokenRejected.String()):
+		msg := f.Op + ": " + f.Message
+		if halted {
+			msg += haltSuffix
+		}
+		ready(metav1.ConditionFalse, f.Reason, msg)
+		switch f.Kind {
+		case provider.KindReauthorize.String(), provider.KindTokenRejected.String():
+			reauth(metav1.ConditionTrue, f.Reason, f.Op+": "+f.Message)
+		default:
+			reauthFromToken()
+		}
+	case f != nil:
+		retry := ""
+		if !f.RetryAt.IsZero() {
+			retry = "; retrying at " + f.RetryAt.UTC().Format(time.RFC3339)
+		}
+		msg := f.Op + ": " + f.Message + retry
+		if state.usable(in.now) {
+			ready(metav1.ConditionTrue, ReasonRefreshFailing, "the published token is still valid"+untilText(t)+", but "+msg)
+		} else {
+			ready(metav1.ConditionFalse, f.Reason, msg)
+		}
+		reauthFromToken()
+	case t == nil:
+		ready(metav1.ConditionFalse, ReasonNoToken, "no token yet: the credentials Secret holds no grant that has not been tried already; put a new one in it")
+		reauth(metav1.ConditionTrue, ReasonNoToken, "put a new authorization_code, refresh_token or access_token into the credentials Secret")
+	default:
+		s, reason, msg := readiness(t, in.now, sched)
+		if g := state.GrantRejection; g != nil {
+			msg += "; the new grant in the credentials Secret was not used: " + g.Reason + ": " + g.Message
+		}
+		ready(s, reason, msg)
+		reauthFromToken()
+	}
+}
+
+// readiness reports whether the stored token can be used now.
+func readiness(t *provider.Token, now time.Time, sched plan) (metav1.ConditionStatus, string, string) {
+	switch {
+	case !t.Expires:
+		return metav1.ConditionTrue, ReasonTokenNeverExpires, "the token is valid and does not expire"
+	case !now.Before(t.ExpiresAt):
+		return metav1.ConditionFalse, ReasonTokenExpired, "the token expired at " + t.ExpiresAt.UTC().Format(time.RFC3339)
+	}
+	msg := "the token is valid" + untilText(t)
+	if t.Refreshable && !sched.RefreshAt.IsZero() {
+		msg += "; next refresh at " + sched.RefreshAt.UTC().Format(time.RFC3339)
+	}
+	if sched.Capped {
+		msg += "; refreshBefore is capped at " + sched.EffectiveRefreshBefore.String() + ", half the token's lifetime"
+	}
+	return metav1.ConditionTrue, ReasonTokenValid, msg
+}
+
+// reauthorization reports whether a human must act for a token that the
+// operator cannot renew (or whose data access lapses), and by when.
+func reauthorization(t *provider.Token, now time.Time, refreshBefore time.Duration, credsName string) (metav1.ConditionStatus, string, string) {
+	if t == nil {
+		return metav1.ConditionFalse, ReasonAuthorized, "no human action needed"
+	}
+	where := " and put the new token into the credentials Secret " + `"` + credsName + `"`
+	switch {
+	case !t.Refreshable && t.Expires && !now.Before(t.ExpiresAt):
+		return metav1.ConditionTrue, ReasonTokenExpired, "the token expired at " + t.ExpiresAt.UTC().Format(time.RFC3339) + " and cannot be renewed without a human: log in again" + where
+	case !t.Refreshable && t.Expires && !now.Before(t.ExpiresAt.Add(-refreshBefore)):
+		return metav1.ConditionTrue, ReasonTokenExpiringSoon, "the token expires at " + t.ExpiresAt.UTC().Format(time.RFC3339) + " and cannot be renewed server-side: a human must log in again before then" + where
+	case !t.DataAccessExpiresAt.IsZero() && !now.Before(t.DataAccessExpiresAt.Add(-refreshBefore)):
+		return metav1.ConditionTrue, ReasonDataAccessExpiringSoon, "data access expires at " + t.DataAccessExpiresAt.UTC().Format(time.RFC3339) + ": the user must use the app (log in and re-consent) before then, or data calls fail with 190/493"
+	}
+	return metav1.ConditionFalse, ReasonAuthorized, "no human action needed"
+}
+
+func untilText(t *provider.Token) string {
+	if !t.Expires {
+		return ""
+	}
+	return " until " + t.ExpiresAt.UTC().Format(time.RFC3339)
+}
+
+func optTime(ok bool, t time.Time) *metav1.Time {
+	if !ok || t.IsZero() {
+		return nil
+	}
+	mt := metav1.NewTime(t.UTC().Truncate(time.Second))
+	return &mt
+}
+
+// emitEvents records an event per condition transition, per new token and
+// per refused grant; nothing on a reconcile that changed nothing.
+func (r *ManagedTokenReconciler) emitEvents(in *inputs, out outcome, status tokensv1alpha1.ManagedTokenStatus) {
+	if r.Recorder == nil {
+		return
+	}
+	mt := in.mt
+	if t := out.state.Token; out.obtained && out.stored && t != nil {
+		if out.grant != "" {
+			r.Recorder.Eventf(mt, nil, corev1.EventTypeNormal, "TokenObtained", "Bootstrap", "took a %s token from the credentials Secret's %s%s", t.Type, out.grant, untilText(t))
+		} else {
+			r.Recorder.Eventf(mt, nil, corev1.EventTypeNormal, "TokenRefreshed", "Refresh", "obtained a new %s token%s", t.Type, untilText(t))
+		}
+	}
+	if g := out.grantRejected; g != nil && out.stored {
+		r.Recorder.Eventf(mt, nil, corev1.EventTypeWarning, ReasonGrantRejected, "Bootstrap", "the new grant in the credentials Secret was not used and the current token stays: %s: %s", g.Reason, g.Message)
+	}
+	for _, ct := range []string{tokensv1alpha1.ConditionReady, tokensv1alpha1.ConditionReauthorizationRequired} {
+		if !conditionChanged(mt.Status.Conditions, status.Conditions, ct) {
+			continue
+		}
+		c := meta.FindStatusCondition(status.Conditions, ct)
+		good := (ct == tokensv1alpha1.ConditionReady) == (c.Status == metav1.ConditionTrue)
+		if good && meta.FindStatusCondition(mt.Status.Conditions, ct) == nil && ct != tokensv1alpha1.ConditionReady {
+			continue // a first "no action needed" is not news
+		}
+		typ := corev1.EventTypeNormal
+		if !good {
+			typ = corev1.EventTypeWarning
+		}
+		r.Recorder.Eventf(mt, nil, typ, c.Reason, ct, "%s", c.Message)
+	}
+}

@@ -1,0 +1,207 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
+)
+
+const (
+	// ownerUIDAnnotation on a state Secret is the UID of the ManagedToken
+	// that last wrote it.
+	ownerUIDAnnotation = "tokens.tokenkeeper.dev/owner-uid"
+	// orphanedAtAnnotation marks a state Secret whose ManagedToken is gone.
+	orphanedAtAnnotation = "tokens.tokenkeeper.dev/orphaned-at"
+)
+
+// errConflict: the state Secret changed since the decision was made. The
+// caller re-reads and decides again; it never overwrites blindly.
+var errConflict = errors.New("the state Secret changed since it was read")
+
+// stateRecord is a state Secret as read: its content and the
+// resourceVersion that every write based on it carries ("" when there is
+// no state Secret yet, and a write creates it).
+type stateRecord struct {
+	state tokenState
+	rv    string
+}
+
+// stateProblem is a state Secret the operator must not use or overwrite.
+type stateProblem struct{ reason, message string }
+
+// readStateSecret returns the state Secret from reader, nil when absent.
+func readStateSecret(ctx context.Context, reader client.Reader, mt *tokensv1alpha1.ManagedToken) (*corev1.Secret, error) {
+	sec := &corev1.Secret{}
+	name := stateSecretName(mt.Name)
+	if err := reader.Get(ctx, types.NamespacedName{Namespace: mt.Namespace, Name: name}, sec); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("reading state Secret %s: %w", name, err)
+	}
+	return sec, nil
+}
+
+// parseStateSecret decodes a state Secret for mt. A Secret of that name that
+// the operator did not write, one that holds another provider's token, or
+// one that cannot be read is a stateProblem: the operator stops for that
+// token and never overwrites it.
+func parseStateSecret(sec *corev1.Secret, mt *tokensv1alpha1.ManagedToken) (stateRecord, *stateProblem) {
+	if sec == nil {
+		return stateRecord{}, nil
+	}
+	name := sec.Name
+	ours := sec.Labels[tokensv1alpha1.ManagedByLabel] == tokensv1alpha1.ManagedByValue &&
+		sec.Labels[tokensv1alpha1.ManagedTokenLabel] == mt.Name &&
+		sec.Labels[tokensv1alpha1.SecretRoleLabel] == roleState && sec.Type == stateSecretType
+	if !ours && !metav1.IsControlledBy(sec, mt) {
+		return stateRecord{}, &stateProblem{ReasonStateSecretNotOwned, fmt.Sprintf(
+			"Secret %q exists but was not written by tokenkeeper for this ManagedToken; the operator keeps its state there and will not touch it: delete or rename that Secret", name)}
+	}
+	st, err := decodeState(sec.Data)
+	if err != nil {
+		return stateRecord{}, &stateProblem{ReasonStateCorrupt, fmt.Sprintf(
+			"state Secret %q is corrupt (%v); the operator will not overwrite it, since it may hold the only copy of a refresh token. Restore it from a backup, or delete it and put a new grant into the credentials Secret", name, err)}
+	}
+	if st.Provider != "" && st.Provider != string(mt.Spec.Provider) {
+		return stateRecord{}, &stateProblem{ReasonStateSecretNotOwned, fmt.Sprintf(
+			"state Secret %q holds a %s token of an earlier ManagedToken named %q, not a %s one; delete that Secret to start over",
+			name, st.Provider, mt.Name, mt.Spec.Provider)}
+	}
+	return stateRecord{state: st, rv: sec.ResourceVersion}, nil
+}
+
+// saveState writes next as mt's state, conditionally: base is the
+// resourceVersion the decision was based on ("" creates the Secret). Any
+// change since then is errConflict. The write also adopts the Secret for mt
+// (owner UID, no orphan mark, no owner reference: see state.go).
+func (r *ManagedTokenReconciler) saveState(ctx context.Context, mt *tokensv1alpha1.ManagedToken, base string, next tokenState) (string, error) {
+	next.Provider = string(mt.Spec.Provider)
+	sec := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:            stateSecretName(mt.Name),
+			Namespace:       mt.Namespace,
+			Labels:          ownedLabels(mt, roleState),
+			Annotations:     map[string]string{ownerUIDAnnotation: string(mt.UID)},
+			ResourceVersion: base,
+		},
+		Type: stateSecretType,
+		Data: encodeState(next),
+	}
+	var err error
+	if base == "" {
+		err = r.Create(ctx, sec)
+	} else {
+		err = r.Update(ctx, sec)
+	}
+	switch {
+	case err == nil:
+		return sec.ResourceVersion, nil
+	case apierrors.IsConflict(err), apierrors.IsAlreadyExists(err), apierrors.IsNotFound(err):
+		return "", errConflict
+	}
+	return "", fmt.Errorf("writing state Secret %s: %w", sec.Name, err)
+}
+
+// ownedLabels are the labels of every Secret the operator writes; the
+// manager's cache selects Secrets by ManagedByLabel.
+func ownedLabels(mt *tokensv1alpha1.ManagedToken, role string) map[string]string {
+	return map[string]string{
+		tokensv1alpha1.ManagedByLabel:    tokensv1alpha1.ManagedByValue,
+		tokensv1alpha1.ManagedTokenLabel: mt.Name,
+		tokensv1alpha1.SecretRoleLabel:   role,
+	}
+}
+
+// memory keeps what this process must not forget between reconciles:
+// pairs the provider issued that could not be stored yet (while one is
+// pending, the provider is not called for that ManagedToken, because the
+// old refresh token is already dead), the last stored state (so a deleted
+// state Secret is written again), and rollout restarts that failed.
+// It is a last resort behind the state Secret, not a second source of truth:
+// a process that dies loses it, which the README says.
+type memory struct {
+	mu       sync.Mutex
+	pending  map[types.NamespacedName]memEntry
+	last     map[types.NamespacedName]memEntry
+	restarts map[types.NamespacedName]bool
+}
+
+type memEntry struct {
+	uid      types.UID
+	state    tokenState
+	attempts int32
+}
+
+func newMemory() *memory {
+	return &memory{
+		pending:  map[types.NamespacedName]memEntry{},
+		last:     map[types.NamespacedName]memEntry{},
+		restarts: map[types.NamespacedName]bool{},
+	}
+}
+
+// pendingPair returns the unstored pair of the ManagedToken key with that uid.
+func (m *memory) pendingPair(key types.NamespacedName, uid types.UID) (memEntry, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e, ok := m.pending[key]
+	return e, ok && e.uid == uid
+}
+
+func (m *memory) setPending(key types.NamespacedName, e memEntry) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.pending[key] = e
+}
+
+// stored records that s is durably stored for the ManagedToken.
+func (m *memory) stored(key types.NamespacedName, uid types.UID, s tokenState) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.pending, key)
+	m.last[key] = memEntry{uid: uid, state: s}
+}
+
+// lastStored returns the state last stored for the ManagedToken.
+func (m *memory) lastStored(key types.NamespacedName, uid types.UID) (tokenState, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e, ok := m.last[key]
+	return e.state, ok && e.uid == uid
+}
+
+// restartOwed reports whether a failed rollout restart must be retried.
+func (m *memory) restartOwed(key types.NamespacedName) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.restarts[key]
+}
+
+func (m *memory) setRestartOwed(key types.NamespacedName, owed bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if owed {
+		m.restarts[key] = true
+	} else {
+		delete(m.restarts, key)
+	}
+}
+
+// forget drops everything kept for a deleted ManagedToken, except a pair
+// that is still not stored: that one is kept until it is.
+func (m *memory) forget(key types.NamespacedName) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.last, key)
+	delete(m.restarts, key)
+}
