@@ -36,7 +36,8 @@ func main() {
 		leaderElect, secureMetrics       bool
 		qps                              float64
 		burst, maxConcurrent             int
-		providerTimeout                  time.Duration
+		providerTimeout, shutdownTimeout time.Duration
+		orphanRetention                  time.Duration
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "The address the metrics endpoint binds to. Use 0 to disable it.")
 	flag.BoolVar(&secureMetrics, "metrics-secure", false, "Serve metrics over HTTPS with authentication and authorization.")
@@ -49,6 +50,8 @@ func main() {
 	flag.IntVar(&burst, "kube-api-burst", 30, "Burst of queries to the Kubernetes API server.")
 	flag.IntVar(&maxConcurrent, "max-concurrent-reconciles", 4, "How many ManagedTokens are reconciled at once.")
 	flag.DurationVar(&providerTimeout, "provider-timeout", 30*time.Second, "Timeout of one request to a provider.")
+	flag.DurationVar(&shutdownTimeout, "graceful-shutdown-timeout", 75*time.Second, "How long a stopping manager waits for refreshes in flight to finish and be stored. Must exceed --provider-timeout by at least 15s; the pod's terminationGracePeriodSeconds must exceed it.")
+	flag.DurationVar(&orphanRetention, "orphaned-state-retention", controllers.DefaultOrphanRetention, "How long the state Secret of a deleted ManagedToken is kept, so that re-creating the ManagedToken resumes from the stored token.")
 	opts := zap.Options{Development: false}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -60,6 +63,7 @@ func main() {
 		leaderElect: leaderElect, leaderNS: leaderNS,
 		facebookURL: facebookURL, amocrmURL: amocrmURL,
 		qps: float32(qps), burst: burst, maxConcurrent: maxConcurrent, providerTimeout: providerTimeout,
+		shutdownTimeout: shutdownTimeout, orphanRetention: orphanRetention,
 	}); err != nil {
 		setupLog.Error(err, "manager exited")
 		os.Exit(1)
@@ -72,8 +76,13 @@ type runConfig struct {
 	leaderElect, secureMetrics       bool
 	qps                              float32
 	burst, maxConcurrent             int
-	providerTimeout                  time.Duration
+	providerTimeout, shutdownTimeout time.Duration
+	orphanRetention                  time.Duration
 }
+
+// spendMargin is the time a spend may take beyond the provider call: the
+// state write that stores its outcome, with retries.
+const spendMargin = 15 * time.Second
 
 func run(c runConfig) error {
 	if err := provider.ValidateBaseURL(c.facebookURL); err != nil {
@@ -83,6 +92,10 @@ func run(c runConfig) error {
 		if err := provider.ValidateBaseURL(c.amocrmURL); err != nil {
 			return fmt.Errorf("--amocrm-url: %w", err)
 		}
+	}
+	spendTimeout := c.providerTimeout + spendMargin
+	if c.shutdownTimeout < spendTimeout {
+		return fmt.Errorf("--graceful-shutdown-timeout (%s) must be at least --provider-timeout plus %s (%s), so a refresh in flight is stored before the manager stops", c.shutdownTimeout, spendMargin, spendTimeout)
 	}
 	if c.leaderNS == "" {
 		c.leaderNS = defaultLeaderElectionNamespace()
@@ -111,7 +124,10 @@ func run(c runConfig) error {
 		LeaderElectionNamespace: c.leaderNS,
 		// Release the lease on a clean stop so a new pod takes over at once.
 		LeaderElectionReleaseOnCancel: true,
-		Cache:                         controllers.ManagerCacheOptions(),
+		// A refresh in flight finishes and is stored before the manager
+		// exits (the reconciler's spend is not cut by cancellation).
+		GracefulShutdownTimeout: &c.shutdownTimeout,
+		Cache:                   controllers.ManagerCacheOptions(),
 	})
 	if err != nil {
 		return fmt.Errorf("creating manager: %w", err)
@@ -148,6 +164,9 @@ func run(c runConfig) error {
 		Clock:     clk,
 		Providers: providers,
 		Metrics:   m,
+
+		SpendTimeout:    spendTimeout,
+		OrphanRetention: c.orphanRetention,
 	}
 	ctx := ctrl.SetupSignalHandler()
 	if err := r.SetupWithManager(ctx, mgr, credsCache, c.maxConcurrent); err != nil {

@@ -75,6 +75,18 @@ type flakyClient struct {
 	failStateWrites  atomic.Int32
 	failStatusWrites atomic.Int32
 	failPatches      atomic.Int32
+	// afterWrite, when set, is called after each successful Secret write
+	// with the Secret's role ("state" or "output"): crash-point tests kill
+	// or cancel the manager there.
+	afterWrite func(role string)
+}
+
+func (f *flakyClient) wrote(obj client.Object) {
+	if f.afterWrite != nil {
+		if s, ok := obj.(*corev1.Secret); ok {
+			f.afterWrite(s.Labels[tokensv1alpha1.SecretRoleLabel])
+		}
+	}
 }
 
 // Patch fails object patches (rollout restarts) while failPatches > 0.
@@ -114,14 +126,22 @@ func (f *flakyClient) Create(ctx context.Context, obj client.Object, opts ...cli
 	if f.failing(obj) {
 		return apierrors.NewServiceUnavailable("injected state write failure")
 	}
-	return f.Client.Create(ctx, obj, opts...)
+	if err := f.Client.Create(ctx, obj, opts...); err != nil {
+		return err
+	}
+	f.wrote(obj)
+	return nil
 }
 
 func (f *flakyClient) Update(ctx context.Context, obj client.Object, opts ...client.UpdateOption) error {
 	if f.failing(obj) {
 		return apierrors.NewServiceUnavailable("injected state write failure")
 	}
-	return f.Client.Update(ctx, obj, opts...)
+	if err := f.Client.Update(ctx, obj, opts...); err != nil {
+		return err
+	}
+	f.wrote(obj)
+	return nil
 }
 
 // harness runs one ManagedToken against a fake provider on a fake clock,
@@ -137,6 +157,8 @@ type harness struct {
 	events *eventLog
 	client *flakyClient
 	mt     *tokensv1alpha1.ManagedToken
+	// amoURL and fbURL are the fakes' addresses.
+	amoURL, fbURL string
 }
 
 func newHarness(t *testing.T, amoOpts amocrmfake.Options, fbOpts ...facebookfake.Options) *harness {
@@ -162,6 +184,7 @@ func newHarness(t *testing.T, amoOpts amocrmfake.Options, fbOpts ...facebookfake
 	fbSrv := httptest.NewServer(h.fb)
 	t.Cleanup(amoSrv.Close)
 	t.Cleanup(fbSrv.Close)
+	h.amoURL, h.fbURL = amoSrv.URL, fbSrv.URL
 	h.r = &ManagedTokenReconciler{
 		Client:    h.client,
 		APIReader: k8sClient,

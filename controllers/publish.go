@@ -101,6 +101,15 @@ func (r *ManagedTokenReconciler) writeOutput(ctx context.Context, mt *tokensv1al
 		return published{err: fmt.Errorf("reading output Secret %s: %w", key.Name, err)}
 	}
 
+	adopted := previousIncarnation(cur, mt)
+	if adopted {
+		// Written for an earlier ManagedToken of this name (deleted and
+		// created again before the garbage collector removed it): adopt.
+		cur.OwnerReferences = nil
+		if err := ctrl.SetControllerReference(mt, cur, r.Scheme); err != nil {
+			return published{err: err}
+		}
+	}
 	if !metav1.IsControlledBy(cur, mt) {
 		return published{problem: &stateProblem{ReasonSecretNotOwned, fmt.Sprintf(
 			"Secret %q already exists and is not managed by this ManagedToken; the operator will not touch it: delete it, or choose another spec.secretName", key.Name)}}
@@ -108,7 +117,7 @@ func (r *ManagedTokenReconciler) writeOutput(ctx context.Context, mt *tokensv1al
 	changed := !sameData(cur.Data, data) || cur.Type != corev1.SecretTypeOpaque
 	pub := published{tokenChanged: string(cur.Data[tokensv1alpha1.OutputAccessTokenKey]) != t.Published()}
 	newLabels, newAnn := mergeInto(cur.Labels, labels), mergeInto(cur.Annotations, annotations)
-	if !changed && maps.Equal(newLabels, cur.Labels) && maps.Equal(newAnn, cur.Annotations) {
+	if !adopted && !changed && maps.Equal(newLabels, cur.Labels) && maps.Equal(newAnn, cur.Annotations) {
 		return pub
 	}
 	cur.Labels, cur.Annotations, cur.Data = newLabels, newAnn, data
@@ -117,6 +126,15 @@ func (r *ManagedTokenReconciler) writeOutput(ctx context.Context, mt *tokensv1al
 	}
 	log.FromContext(ctx).Info("output Secret updated", "secret", key.Name, "tokenChanged", pub.tokenChanged)
 	return pub
+}
+
+// previousIncarnation reports whether sec is the output Secret of an
+// earlier ManagedToken with mt's name.
+func previousIncarnation(sec *corev1.Secret, mt *tokensv1alpha1.ManagedToken) bool {
+	ref := metav1.GetControllerOf(sec)
+	return ref != nil && ref.Kind == "ManagedToken" && ref.Name == mt.Name && ref.UID != mt.UID &&
+		sec.Labels[tokensv1alpha1.ManagedByLabel] == tokensv1alpha1.ManagedByValue &&
+		sec.Labels[tokensv1alpha1.ManagedTokenLabel] == mt.Name && sec.Labels[tokensv1alpha1.SecretRoleLabel] == roleOutput
 }
 
 // mergeInto returns a copy of have with want's entries set; entries others

@@ -248,6 +248,15 @@ func (s *Server) ReusedRefreshTokens() int {
 	return s.reused
 }
 
+// RefreshTokenLive reports whether token is a refresh token the fake
+// issued and that can still be exchanged (not consumed, revoked or expired).
+func (s *Server) RefreshTokenLive(token string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	rt, ok := s.refresh[token]
+	return ok && rt.state == refreshLive && s.clock.Now().Before(rt.expires)
+}
+
 // Secrets returns every secret value the fake ever issued or knows: access
 // tokens, refresh tokens, authorization codes and the client secret.
 func (s *Server) Secrets() []string {

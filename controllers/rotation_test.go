@@ -1,0 +1,297 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+
+	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
+	"github.com/tokenkeeper/tokenkeeper/internal/provider"
+	"github.com/tokenkeeper/tokenkeeper/internal/provider/amocrm"
+	"github.com/tokenkeeper/tokenkeeper/internal/provider/amocrm/amocrmfake"
+)
+
+// errKilled is what a crash point panics with: the manager process dies
+// there, and nothing after it runs.
+var errKilled = errors.New("manager killed at a crash point")
+
+// hookTransport calls hook after the fake answered a token request and
+// before the client reads the answer: "the provider answer in flight".
+type hookTransport struct {
+	inner http.RoundTripper
+	hook  func()
+}
+
+func (h *hookTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := h.inner.RoundTrip(req)
+	if h.hook != nil && req.URL.Path == "/oauth2/access_token" {
+		h.hook()
+	}
+	return resp, err
+}
+
+// hookProvider calls before and after around each Refresh.
+type hookProvider struct {
+	provider.Provider
+	before, after func()
+}
+
+func (p *hookProvider) Refresh(ctx context.Context, req provider.Request, current *provider.Token) (*provider.Token, error) {
+	if p.before != nil {
+		p.before()
+	}
+	tok, err := p.Provider.Refresh(ctx, req, current)
+	if p.after != nil {
+		p.after()
+	}
+	return tok, err
+}
+
+// restart replaces the reconciler with a new one, as a new manager process
+// would be: nothing in memory, plain providers and client.
+func (h *harness) restart() {
+	h.client.afterWrite = nil
+	h.r = &ManagedTokenReconciler{
+		Client: h.client, APIReader: k8sClient, Scheme: scheme, Recorder: h.events, Clock: h.clk,
+		Providers: map[tokensv1alpha1.Provider]provider.Provider{
+			tokensv1alpha1.ProviderAmoCRM: amocrm.New(amocrm.Options{BaseURL: h.amoURL, Clock: h.clk, RequestsPerSecond: 1000}),
+		},
+	}
+}
+
+// reconcileCtx runs one reconcile with ctx and reports whether the process
+// "died" at a crash point.
+func (h *harness) reconcileCtx(ctx context.Context) (died bool, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			if v != errKilled {
+				panic(v)
+			}
+			died = true
+		}
+	}()
+	_, err = h.r.Reconcile(ctx, ctrl.Request{NamespacedName: h.key()})
+	return false, err
+}
+
+// TestCrashPoints kills, or cancels (SIGTERM, lease loss), the manager at
+// each boundary of a rotation, starts a new one, and checks that the token
+// is Ready with no human action and no reused refresh token, except where
+// the spend truly ended unknown, which is reported as such.
+func TestCrashPoints(t *testing.T) {
+	points := []struct {
+		name string
+		// arm installs the crash point; fire is called there.
+		arm func(h *harness, fire func())
+		// lostWhenKilled: a kill here loses the answer (the pair was issued
+		// and never stored), so only the report can be right.
+		lostWhenKilled bool
+	}{
+		{"before the provider call", func(h *harness, fire func()) {
+			h.wrapAmo(func(p *hookProvider) { p.before = fire })
+		}, false},
+		{"with the provider answer in flight", func(h *harness, fire func()) {
+			h.r.Providers[tokensv1alpha1.ProviderAmoCRM] = amocrm.New(amocrm.Options{BaseURL: h.amoURL, Clock: h.clk, RequestsPerSecond: 1000,
+				HTTPClient: &http.Client{Transport: &hookTransport{inner: http.DefaultTransport, hook: fire}}})
+		}, true},
+		{"after the answer", func(h *harness, fire func()) {
+			h.wrapAmo(func(p *hookProvider) { p.after = fire })
+		}, true},
+		{"after the state write", func(h *harness, fire func()) {
+			n := 0
+			h.client.afterWrite = func(role string) {
+				if role == roleState {
+					if n++; n == 2 { // 1: the intent, 2: the new pair
+						fire()
+					}
+				}
+			}
+		}, false},
+		{"after the output write", func(h *harness, fire func()) {
+			h.client.afterWrite = func(role string) {
+				if role == roleOutput {
+					fire()
+				}
+			}
+		}, false},
+	}
+	for _, pt := range points {
+		for _, mode := range []string{"kill", "cancel"} {
+			t.Run(mode+" "+pt.name, func(t *testing.T) {
+				h := newHarness(t, amocrmfake.Options{AccessTokenTTL: 24 * time.Hour})
+				h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
+				h.createAmoMT("")
+				h.reconcile()
+				h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonTokenValid)
+				h.advancePastNextRefresh()
+
+				ctx, cancel := context.WithCancel(context.Background())
+				defer cancel()
+				fired := false
+				fire := func() {
+					if fired {
+						return
+					}
+					fired = true
+					if mode == "kill" {
+						panic(errKilled)
+					}
+					cancel()
+				}
+				pt.arm(h, fire)
+				died, err := h.reconcileCtx(ctx)
+				if !fired {
+					t.Fatalf("the crash point was never reached (err %v)", err)
+				}
+				if died != (mode == "kill") {
+					t.Fatalf("died = %v in mode %s", died, mode)
+				}
+
+				// A new manager starts, after the spend's deadline.
+				h.restart()
+				h.clk.Step(h.r.spendTimeout() + time.Minute)
+				for i := 0; i < 3; i++ {
+					h.reconcile()
+				}
+				mt := h.get()
+				ready := condOf(mt, tokensv1alpha1.ConditionReady)
+				if mode == "kill" && pt.lostWhenKilled {
+					if ready.Status != metav1.ConditionFalse || ready.Reason != ReasonRefreshOutcomeUnknown {
+						t.Fatalf("a pair lost in flight must be reported as unknown, got Ready=%s/%s: %s", ready.Status, ready.Reason, ready.Message)
+					}
+					h.wantCond(tokensv1alpha1.ConditionReauthorizationRequired, metav1.ConditionTrue, ReasonRefreshOutcomeUnknown)
+					fmt.Printf("measured: crash %s %s: reported %s, refresh token sent again %d time(s)\n", mode, pt.name, ready.Reason, h.amo.ReusedRefreshTokens())
+					return
+				}
+				if ready.Status != metav1.ConditionTrue {
+					t.Fatalf("Ready = %s/%s: %s", ready.Status, ready.Reason, ready.Message)
+				}
+				if h.amo.ReusedRefreshTokens() != 0 {
+					t.Fatalf("%d consumed refresh tokens were sent again", h.amo.ReusedRefreshTokens())
+				}
+				if got := string(h.output().Data["access_token"]); got != h.amo.CurrentAccessToken() {
+					t.Fatal("the output Secret does not hold the provider's current access token")
+				}
+				if !h.amo.RefreshTokenLive(h.state().Token.RefreshToken) {
+					t.Fatal("the stored refresh token is not live at the provider")
+				}
+				if h.state().Intent != nil {
+					t.Fatal("a spend intent was left behind")
+				}
+				fmt.Printf("measured: crash %s %s: Ready, %d token calls, 0 reused refresh tokens\n", mode, pt.name, h.amo.Calls("token"))
+			})
+		}
+	}
+}
+
+func condOf(mt *tokensv1alpha1.ManagedToken, ct string) metav1.Condition {
+	for _, c := range mt.Status.Conditions {
+		if c.Type == ct {
+			return c
+		}
+	}
+	return metav1.Condition{}
+}
+
+// wrapAmo wraps the AmoCRM provider of the reconciler in a hookProvider.
+func (h *harness) wrapAmo(set func(*hookProvider)) {
+	p := &hookProvider{Provider: h.r.Providers[tokensv1alpha1.ProviderAmoCRM]}
+	set(p)
+	h.r.Providers[tokensv1alpha1.ProviderAmoCRM] = p
+}
+
+// probeHook runs during a Probe, and changes the probed metadata so that
+// the probe has something to write.
+type probeHook struct {
+	provider.Provider
+	during func()
+}
+
+func (p *probeHook) Probe(ctx context.Context, req provider.Request, current *provider.Token) (*provider.Token, error) {
+	tok, err := p.Provider.Probe(ctx, req, current)
+	if p.during != nil {
+		p.during()
+	}
+	if tok != nil {
+		tok.Scopes = []string{"crm", "probed"}
+	}
+	return tok, err
+}
+
+// TestProbeRacingRefreshNeverRestoresOldPair: a probe holding RT1 while
+// another reconciler rotates RT1 to RT2 must not write RT1 back (the old
+// writeState re-read and retried on conflict, restoring a dead token).
+func TestProbeRacingRefreshNeverRestoresOldPair(t *testing.T) {
+	h := newHarness(t, amocrmfake.Options{AccessTokenTTL: 24 * time.Hour})
+	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
+	h.createAmoMT("")
+	h.reconcile()
+	h.clk.Step(3 * time.Hour) // a check is due, a refresh is not
+
+	other := &ManagedTokenReconciler{Client: k8sClient, APIReader: k8sClient, Scheme: scheme, Recorder: h.events, Clock: h.clk,
+		Providers: map[tokensv1alpha1.Provider]provider.Provider{
+			tokensv1alpha1.ProviderAmoCRM: amocrm.New(amocrm.Options{BaseURL: h.amoURL, Clock: h.clk, RequestsPerSecond: 1000})}}
+	h.r.Providers[tokensv1alpha1.ProviderAmoCRM] = &probeHook{Provider: h.r.Providers[tokensv1alpha1.ProviderAmoCRM], during: func() {
+		// While the probe is in flight, a forced refresh elsewhere.
+		h.annotate("race-1")
+		if _, err := other.Reconcile(h.ctx, ctrl.Request{NamespacedName: h.key()}); err != nil {
+			t.Errorf("the other reconciler: %v", err)
+		}
+	}}
+	rt1 := h.state().Token.RefreshToken
+	h.reconcile()
+	rt := h.state().Token.RefreshToken
+	if rt == rt1 || rt != h.amo.CurrentRefreshToken() || !h.amo.RefreshTokenLive(rt) {
+		t.Fatal("the probe wrote the old pair back over the rotated one")
+	}
+	// And later rotations work: nothing is broken.
+	h.r.Providers[tokensv1alpha1.ProviderAmoCRM] = other.Providers[tokensv1alpha1.ProviderAmoCRM]
+	h.advancePastNextRefresh()
+	h.reconcile()
+	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonTokenValid)
+	if h.amo.ReusedRefreshTokens() != 0 {
+		t.Fatalf("%d reused refresh tokens", h.amo.ReusedRefreshTokens())
+	}
+}
+
+// TestLosingRefresherNeverHalts: two reconcilers decide to refresh the same
+// pair; the one that loses must neither spend the old refresh token nor halt
+// the token.
+func TestLosingRefresherNeverHalts(t *testing.T) {
+	h := newHarness(t, amocrmfake.Options{AccessTokenTTL: 24 * time.Hour})
+	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
+	h.createAmoMT("")
+	h.reconcile()
+	h.advancePastNextRefresh()
+	other := &ManagedTokenReconciler{Client: k8sClient, APIReader: k8sClient, Scheme: scheme, Recorder: h.events, Clock: h.clk,
+		Providers: map[tokensv1alpha1.Provider]provider.Provider{
+			tokensv1alpha1.ProviderAmoCRM: amocrm.New(amocrm.Options{BaseURL: h.amoURL, Clock: h.clk, RequestsPerSecond: 1000})}}
+	// The first reconciler has loaded its inputs (from its cache) when the
+	// other one rotates.
+	in, err := h.r.load(h.ctx, h.key())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Reconcile(h.ctx, ctrl.Request{NamespacedName: h.key()}); err != nil {
+		t.Fatal(err)
+	}
+	calls := h.amo.Calls("token")
+	out := h.r.execute(h.ctx, in, decide(in.decisionInput()))
+	if !out.conflict || out.failure != nil {
+		t.Fatalf("the loser must see a conflict and no failure: %+v", out)
+	}
+	if h.amo.Calls("token") != calls {
+		t.Fatal("the loser called the token endpoint with a stale refresh token")
+	}
+	h.reconcile()
+	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonTokenValid)
+	if h.get().Status.HaltedInputs != "" || h.amo.ReusedRefreshTokens() != 0 {
+		t.Fatal("a lost race halted the token or reused a refresh token")
+	}
+}

@@ -1,0 +1,308 @@
+package controllers
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
+	"github.com/tokenkeeper/tokenkeeper/internal/provider/amocrm/amocrmfake"
+	"github.com/tokenkeeper/tokenkeeper/internal/provider/facebook/facebookfake"
+)
+
+// The tests in this file each cover one case of issue "Rotation safety,
+// proven" that the code before the rotation protocol got wrong.
+
+// followRequeues runs reconciles, moving the fake clock by each requeue,
+// until d has passed, and returns how many reconciles ran.
+func (h *harness) followRequeues(d time.Duration) int {
+	h.t.Helper()
+	end := h.clk.Now().Add(d)
+	n := 0
+	for h.clk.Now().Before(end) {
+		res := h.reconcile()
+		n++
+		if res.RequeueAfter <= 0 {
+			h.t.Fatalf("reconcile %d returned no requeue", n)
+		}
+		h.clk.Step(res.RequeueAfter)
+	}
+	return n
+}
+
+func TestRefreshBeforeAboveLifetimeIsNoStorm(t *testing.T) {
+	h := newHarness(t, amocrmfake.Options{AccessTokenTTL: 24 * time.Hour})
+	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
+	h.createAmoMT("168h") // the Facebook default, copied onto a 24h token
+	h.reconcile()
+	before := h.amo.Calls("refresh_token")
+	reconciles := h.followRequeues(72 * time.Hour)
+	refreshes := h.amo.Calls("refresh_token") - before
+	fmt.Printf("measured: refreshBefore 168h on 24h tokens: %d refreshes and %d reconciles in 72h\n", refreshes, reconciles)
+	if refreshes < 3 || refreshes > 6 {
+		t.Fatalf("%d refreshes in 72h of 24h tokens, want one per half lifetime (3 to 6)", refreshes)
+	}
+	c := h.cond(tokensv1alpha1.ConditionReady)
+	if c.Status != metav1.ConditionTrue || !strings.Contains(c.Message, "capped at 12h0m0s") {
+		t.Fatalf("status must say refreshBefore is capped: %+v", c)
+	}
+}
+
+func TestRemovingTheConsumedGrantKeepsRefreshing(t *testing.T) {
+	h := newHarness(t, amocrmfake.Options{AccessTokenTTL: 24 * time.Hour})
+	h.amoCreds(map[string]string{"authorization_code": h.amo.IssueAuthorizationCode()})
+	h.createAmoMT("")
+	h.reconcile()
+	// A GitOps tool removes the used code.
+	h.amoCreds(nil)
+	h.reconcile()
+	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonTokenValid)
+	h.advancePastNextRefresh()
+	h.reconcile()
+	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonTokenValid)
+	if got := string(h.output().Data["access_token"]); got != h.amo.CurrentAccessToken() || h.amo.Calls("refresh_token") != 1 {
+		t.Fatal("the token was not refreshed after the consumed code was removed")
+	}
+}
+
+func TestAccessTokenInCredentialsNeverDowngradesARefreshableToken(t *testing.T) {
+	h := newHarness(t, amocrmfake.Options{AccessTokenTTL: 24 * time.Hour})
+	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
+	h.createAmoMT("")
+	h.reconcile()
+	rt := h.state().Token.RefreshToken
+	// Someone pastes the current OAuth access token and removes the used
+	// refresh token.
+	h.amoCreds(map[string]string{"access_token": h.amo.CurrentAccessToken()})
+	h.reconcile()
+	h.reconcile()
+	st := h.state()
+	if !st.Token.Refreshable || st.Token.RefreshToken != rt {
+		t.Fatal("the refreshable pair was replaced by a monitored token")
+	}
+	c := h.cond(tokensv1alpha1.ConditionReady)
+	if c.Status != metav1.ConditionTrue || !strings.Contains(c.Message, ReasonGrantNotAdopted) {
+		t.Fatalf("Ready must stay True and name the refused grant: %+v", c)
+	}
+	if n := h.events.count(ReasonGrantRejected); n != 1 {
+		t.Fatalf("%d GrantRejected events, want exactly 1", n)
+	}
+	h.advancePastNextRefresh()
+	h.reconcile()
+	if h.amo.Calls("refresh_token") != 1 || !h.amo.RefreshTokenLive(h.state().Token.RefreshToken) {
+		t.Fatal("the refreshable token must go on being refreshed")
+	}
+}
+
+func TestFacebookAccessTokenNotRequiredOnceStored(t *testing.T) {
+	h := newHarness(t, amocrmfake.Options{})
+	tok := h.fb.IssueToken(facebookfake.KindSystemUserNonExpiring, time.Time{})
+	h.fbSetup(tok)
+	h.reconcile()
+	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonTokenNeverExpires)
+	h.putCreds("facebook-app", map[string]string{"app_id": testAppID, "app_secret": testAppSecret})
+	h.clk.Step(3 * time.Hour)
+	h.reconcile()
+	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonTokenNeverExpires)
+}
+
+func TestNoHotLoopBeforeCredentialsExist(t *testing.T) {
+	h := newHarness(t, amocrmfake.Options{})
+	h.createAmoMT("")
+	res := h.reconcile()
+	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionFalse, ReasonCredentialsSecretNotFound)
+	if res.RequeueAfter != 2*time.Hour {
+		t.Fatalf("requeue %v, want checkInterval (the credentials watch brings the next reconcile)", res.RequeueAfter)
+	}
+	h.amoCreds(map[string]string{"client_secret": "wrong-secret-value-123"})
+	h.amoCreds(map[string]string{"client_secret": "wrong-secret-value-123", "refresh_token": h.amo.IssueRefreshToken()})
+	res = h.reconcile()
+	if res.RequeueAfter < time.Hour {
+		t.Fatalf("a halted token requeues after %v, want checkInterval", res.RequeueAfter)
+	}
+}
+
+func TestRetryAfterBoundedByExpiry(t *testing.T) {
+	h := newHarness(t, amocrmfake.Options{AccessTokenTTL: 24 * time.Hour})
+	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
+	h.createAmoMT("")
+	h.reconcile()
+	h.advancePastNextRefresh()
+	expiry := h.get().Status.ExpirationTimestamp.Time
+	h.amo.FailNext(1, http.StatusTooManyRequests, "", http.Header{"Retry-After": {"86400"}})
+	h.reconcile()
+	next := h.get().Status.NextRetryTime
+	if next == nil || !next.Time.Before(expiry) {
+		t.Fatalf("a 24h Retry-After 2h before expiry must be retried before expiry: nextRetryTime %v, expiry %v", next, expiry)
+	}
+	h.clk.SetTime(next.Time.Add(time.Second))
+	h.reconcile()
+	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonTokenValid)
+	if !h.get().Status.ExpirationTimestamp.Time.After(expiry) {
+		t.Fatal("the token was not refreshed before it expired")
+	}
+}
+
+func TestBackoffStaysExponentialAfterExpiry(t *testing.T) {
+	h := newHarness(t, amocrmfake.Options{AccessTokenTTL: 24 * time.Hour})
+	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
+	h.createAmoMT("")
+	h.reconcile()
+	h.clk.SetTime(h.get().Status.ExpirationTimestamp.Add(time.Hour))
+	h.amo.FailNext(100, http.StatusBadGateway, "<html>bad gateway</html>", nil)
+	var waits []time.Duration
+	for i := 0; i < 8; i++ {
+		res := h.reconcile()
+		waits = append(waits, res.RequeueAfter)
+		h.clk.Step(res.RequeueAfter)
+	}
+	fmt.Printf("measured: back-off after expiry: %v\n", waits)
+	if waits[len(waits)-1] < 10*time.Minute {
+		t.Fatalf("back-off after expiry collapsed: %v", waits)
+	}
+}
+
+func TestNewGrantEndsABackoffAtOnce(t *testing.T) {
+	h := newHarness(t, amocrmfake.Options{AccessTokenTTL: 24 * time.Hour})
+	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
+	h.createAmoMT("")
+	h.reconcile()
+	h.clk.SetTime(h.get().Status.ExpirationTimestamp.Add(time.Hour))
+	h.amo.FailNext(12, http.StatusBadGateway, "<html>bad gateway</html>", nil)
+	for i := 0; i < 12; i++ {
+		h.reconcile()
+		h.clk.Step(5 * time.Second)
+	}
+	if nr := h.get().Status.NextRetryTime; nr == nil || nr.Sub(h.clk.Now()) < 10*time.Minute {
+		t.Fatalf("precondition: a long back-off, got nextRetryTime %v", nr)
+	}
+	// A human pastes a new code (it lives about 20 minutes).
+	h.amoCreds(map[string]string{"authorization_code": h.amo.IssueAuthorizationCode()})
+	h.reconcile()
+	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonTokenValid)
+	if h.amo.Calls("authorization_code") != 1 {
+		t.Fatal("the new grant waited out the back-off")
+	}
+}
+
+func TestCorruptStateIsReportedNotOverwritten(t *testing.T) {
+	h := newHarness(t, amocrmfake.Options{AccessTokenTTL: 24 * time.Hour})
+	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
+	h.createAmoMT("")
+	h.reconcile()
+	sec := h.secret(stateSecretName(h.mt.Name))
+	sec.Data[keyExpiresAt] = []byte("not a time")
+	if err := k8sClient.Update(h.ctx, sec); err != nil {
+		t.Fatal(err)
+	}
+	rv, calls := h.secret(sec.Name).ResourceVersion, h.amo.Calls("token")
+	h.advancePastNextRefresh()
+	h.reconcile()
+	h.reconcile()
+	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionFalse, ReasonStateCorrupt)
+	if c := h.cond(tokensv1alpha1.ConditionReady); !strings.Contains(c.Message, keyExpiresAt) || strings.Contains(c.Message, "not a time") {
+		t.Fatalf("the message must name the key and not its value: %s", c.Message)
+	}
+	if h.secret(sec.Name).ResourceVersion != rv || h.amo.Calls("token") != calls {
+		t.Fatal("a corrupt state Secret was overwritten, or the provider was called")
+	}
+	if n := h.events.count(ReasonStateCorrupt); n != 1 {
+		t.Fatalf("%d StateCorrupt events, want 1 (a Warning on the transition)", n)
+	}
+}
+
+func TestRejectedExtraGrantNeverHaltsAHealthyToken(t *testing.T) {
+	h := newHarness(t, amocrmfake.Options{AccessTokenTTL: 24 * time.Hour})
+	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
+	h.createAmoMT("")
+	h.reconcile()
+	h.amoCreds(map[string]string{"refresh_token": "a-refresh-token-the-provider-never-issued"})
+	h.reconcile()
+	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonTokenValid)
+	calls := h.amo.Calls("refresh_token")
+	// Resume-style input changes (an unrelated spec edit) do not retry it.
+	mt := h.get()
+	mt.Spec.CheckInterval = &metav1.Duration{Duration: time.Hour}
+	if err := k8sClient.Update(h.ctx, mt); err != nil {
+		t.Fatal(err)
+	}
+	h.reconcile()
+	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonTokenValid)
+	if h.amo.Calls("refresh_token") != calls || h.get().Status.HaltedInputs != "" {
+		t.Fatal("the refused grant was tried again or halted the token")
+	}
+	if h.events.count(ReasonGrantRejected) != 1 {
+		t.Fatalf("want one GrantRejected Warning, got %d", h.events.count(ReasonGrantRejected))
+	}
+	h.advancePastNextRefresh()
+	h.reconcile()
+	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonTokenValid)
+}
+
+func TestDeleteAndRecreateResumesFromTheStoredPair(t *testing.T) {
+	h := newHarness(t, amocrmfake.Options{AccessTokenTTL: 24 * time.Hour})
+	h.amoCreds(map[string]string{"authorization_code": h.amo.IssueAuthorizationCode()})
+	h.createAmoMT("")
+	h.reconcile()
+	if refs := h.secret(stateSecretName(h.mt.Name)).OwnerReferences; len(refs) != 0 {
+		t.Fatalf("the state Secret must outlive its ManagedToken: owner references %v", refs)
+	}
+	rt := h.state().Token.RefreshToken
+	if err := k8sClient.Delete(h.ctx, h.get()); err != nil {
+		t.Fatal(err)
+	}
+	h.reconcile() // the ManagedToken is gone: the state is marked orphaned
+	if h.secret(stateSecretName(h.mt.Name)).Annotations[orphanedAtAnnotation] == "" {
+		t.Fatal("the orphaned state Secret is not marked")
+	}
+	// Argo CD Replace=true: the same ManagedToken, created again.
+	h.mt = nil
+	h.createAmoMT("")
+	h.reconcile()
+	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonTokenValid)
+	if h.amo.Calls("authorization_code") != 1 || h.state().Token.RefreshToken != rt {
+		t.Fatal("the re-created ManagedToken replayed the consumed grant instead of resuming")
+	}
+	sec := h.secret(stateSecretName(h.mt.Name))
+	if sec.Annotations[ownerUIDAnnotation] != string(h.get().UID) || sec.Annotations[orphanedAtAnnotation] != "" {
+		t.Fatalf("the state Secret was not adopted: %v", sec.Annotations)
+	}
+	h.advancePastNextRefresh()
+	h.reconcile()
+	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonTokenValid)
+
+	// Deleted for good: the state goes after the retention.
+	if err := k8sClient.Delete(h.ctx, h.get()); err != nil {
+		t.Fatal(err)
+	}
+	h.reconcile()
+	h.clk.Step(DefaultOrphanRetention + time.Minute)
+	h.reconcile()
+	if h.secret(stateSecretName(h.mt.Name)) != nil {
+		t.Fatal("the orphaned state Secret outlived its retention")
+	}
+}
+
+func TestStateOfAnotherProviderIsNotAdopted(t *testing.T) {
+	h := newHarness(t, amocrmfake.Options{})
+	sec := &corev1.Secret{}
+	sec.Namespace, sec.Name, sec.Type = h.ns, stateSecretName("crm"), stateSecretType
+	mtStub := &tokensv1alpha1.ManagedToken{ObjectMeta: metav1.ObjectMeta{Name: "crm"}}
+	sec.Labels = ownedLabels(mtStub, roleState)
+	sec.Data = encodeState(tokenState{Provider: "Facebook"})
+	if err := k8sClient.Create(h.ctx, sec); err != nil {
+		t.Fatal(err)
+	}
+	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
+	h.createAmoMT("")
+	h.reconcile()
+	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionFalse, ReasonStateSecretNotOwned)
+	if h.amo.Calls("token") != 0 {
+		t.Fatal("the provider was called with another provider's state in place")
+	}
+}
