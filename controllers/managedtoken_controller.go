@@ -58,7 +58,7 @@ type RefreshRecorder interface {
 	RecordRefresh(provider, result string)
 }
 
-// +kubebuilder:rbac:groups=tokens.tokenkeeper.dev,resources=managedtokens,verbs=get;list;watch
+// +kubebuilder:rbac:groups=tokens.tokenkeeper.dev,resources=managedtokens,verbs=list;watch
 // +kubebuilder:rbac:groups=tokens.tokenkeeper.dev,resources=managedtokens/status,verbs=patch
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update;delete
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch

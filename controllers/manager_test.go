@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -44,15 +45,33 @@ func startManager(t *testing.T, ns, amoURL, fbURL, metricsAddr string) (stop fun
 // startManagerWithCaches is startManager that also hands out the manager's
 // cache and the credentials cache.
 func startManagerWithCaches(t *testing.T, ns, amoURL, fbURL, metricsAddr string, caches func(mgrCache, credsCache cache.Cache)) (stop func()) {
+	return startManagerWith(t, managerSetup{ns: ns, amoURL: amoURL, fbURL: fbURL, metricsAddr: metricsAddr, caches: caches})
+}
+
+// managerSetup says how startManagerWith runs a manager.
+type managerSetup struct {
+	ns, amoURL, fbURL, metricsAddr string
+	// config is the manager's identity; nil means the suite's admin.
+	config *rest.Config
+	caches func(mgrCache, credsCache cache.Cache)
+	// tweak adjusts the reconciler before it starts.
+	tweak func(*ManagedTokenReconciler)
+}
+
+func startManagerWith(t *testing.T, s managerSetup) (stop func()) {
 	t.Helper()
 	bind := "0"
-	if metricsAddr != "" {
-		bind = metricsAddr
+	if s.metricsAddr != "" {
+		bind = s.metricsAddr
+	}
+	restCfg := s.config
+	if restCfg == nil {
+		restCfg = cfg
 	}
 	// Only this test's namespace: other tests leave ManagedTokens behind.
 	cacheOpts := ManagerCacheOptions()
-	cacheOpts.DefaultNamespaces = map[string]cache.Config{ns: {}}
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+	cacheOpts.DefaultNamespaces = map[string]cache.Config{s.ns: {}}
+	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
 		Scheme:  scheme,
 		Metrics: metricsserver.Options{BindAddress: bind},
 		Cache:   cacheOpts,
@@ -62,7 +81,7 @@ func startManagerWithCaches(t *testing.T, ns, amoURL, fbURL, metricsAddr string,
 	if err != nil {
 		t.Fatal(err)
 	}
-	credsCache, err := NewCredentialsCache(mgr, ns)
+	credsCache, err := NewCredentialsCache(mgr, s.ns)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +90,7 @@ func startManagerWithCaches(t *testing.T, ns, amoURL, fbURL, metricsAddr string,
 	}
 	var m *metrics.Metrics
 	observe := provider.RequestObserver(nil)
-	if metricsAddr != "" {
+	if s.metricsAddr != "" {
 		m = metrics.New()
 		if err := m.Register(mgr.GetCache()); err != nil {
 			t.Fatal(err)
@@ -82,19 +101,22 @@ func startManagerWithCaches(t *testing.T, ns, amoURL, fbURL, metricsAddr string,
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Scheme: mgr.GetScheme(),
 		Recorder: mgr.GetEventRecorder("tokenkeeper"), Clock: clock.RealClock{},
 		Providers: map[tokensv1alpha1.Provider]provider.Provider{
-			tokensv1alpha1.ProviderAmoCRM:   amocrm.New(amocrm.Options{BaseURL: amoURL, Observe: observe}),
-			tokensv1alpha1.ProviderFacebook: facebook.New(facebook.Options{BaseURL: fbURL, Observe: observe}),
+			tokensv1alpha1.ProviderAmoCRM:   amocrm.New(amocrm.Options{BaseURL: s.amoURL, Observe: observe}),
+			tokensv1alpha1.ProviderFacebook: facebook.New(facebook.Options{BaseURL: s.fbURL, Observe: observe}),
 		},
 	}
 	if m != nil {
 		r.Metrics = m
 	}
+	if s.tweak != nil {
+		s.tweak(r)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := r.SetupWithManager(ctx, mgr, credsCache, 2); err != nil {
 		t.Fatal(err)
 	}
-	if caches != nil {
-		caches(mgr.GetCache(), credsCache)
+	if s.caches != nil {
+		s.caches(mgr.GetCache(), credsCache)
 	}
 	done := make(chan error, 1)
 	go func() { done <- mgr.Start(ctx) }()

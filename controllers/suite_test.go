@@ -25,6 +25,7 @@ import (
 // modules by hack/envtest-assets.sh. `make test` sets KUBEBUILDER_ASSETS.
 var (
 	cfg       *rest.Config
+	testEnv   *envtest.Environment
 	k8sClient client.Client
 	scheme    = runtime.NewScheme()
 	// logSink captures every log line the controller writes, so tests can
@@ -45,18 +46,18 @@ func runSuite(m *testing.M) int {
 	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
 	utilruntime.Must(tokensv1alpha1.AddToScheme(scheme))
 
-	env := &envtest.Environment{
+	testEnv = &envtest.Environment{
 		CRDDirectoryPaths:     []string{filepath.Join("..", "config", "crd", "bases")},
 		ErrorIfCRDPathMissing: true,
 	}
 	var err error
-	cfg, err = env.Start()
+	cfg, err = testEnv.Start()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "starting the control plane: %v\n", err)
 		return 1
 	}
 	defer func() {
-		if err := env.Stop(); err != nil {
+		if err := testEnv.Stop(); err != nil {
 			fmt.Fprintf(os.Stderr, "stopping the control plane: %v\n", err)
 		}
 	}()
