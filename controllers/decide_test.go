@@ -173,7 +173,7 @@ func TestDecide(t *testing.T) {
 
 func TestWake(t *testing.T) {
 	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
-	tok := &provider.Token{Expires: true, ExpiresAt: now.Add(3 * time.Hour), Refreshable: true, ObtainedAt: now}
+	tok := &provider.Token{Expires: true, ExpiresAt: now.Add(3 * time.Hour), Refreshable: true, ObtainedAt: now.Add(-21 * time.Hour)}
 	in := decisionInput{Now: now, Token: tok, RefreshBefore: 2 * time.Hour, CheckInterval: 2 * time.Hour, LastCheck: now, Inputs: "i"}
 	if got, want := decide(in).Wake, time.Hour; got != want {
 		t.Errorf("wake before nextRefreshTime = %v, want %v", got, want)

@@ -54,6 +54,11 @@ func (r *ManagedTokenReconciler) execute(ctx context.Context, in *inputs, p plan
 		// The state Secret was deleted: write what we know again rather
 		// than lose the refresh token. Nothing else happens this run.
 		return r.commit(ctx, in, nil, "", *in.restore, outcome{state: *in.restore})
+	case in.record.adopt:
+		// A state Secret of an earlier ManagedToken of this name: adopt it
+		// (and resume from its pair) before anything else.
+		log.FromContext(ctx).Info("adopting the state Secret of an earlier ManagedToken of this name")
+		return r.commit(ctx, in, nil, in.record.rv, in.record.state, outcome{state: in.record.state})
 	}
 	switch p.Action {
 	case actionProbe:
@@ -207,13 +212,20 @@ func settle(in *inputs, withIntent tokenState, tok *provider.Token, err error) (
 				"): the new pair was most likely issued and never received. Re-authorize: put a new authorization_code or refresh_token into the credentials Secret"}
 	}
 	if intent.Op == opBootstrap && pe.Kind != provider.KindTransient && pe.Kind != provider.KindThrottled {
-		next = next.withConsumed(intent.Spent)
 		if withIntent.usable(in.now) {
 			// A usable token stays in place; the refused grant is reported
-			// and not retried until it changes.
+			// and not retried until its value changes.
+			next = next.withConsumed(intent.Spent)
 			next.GrantRejection = failureFrom(pe, in, nil, 1)
 			o.grantRejected = pe
 			return next, o
+		}
+		if pe.Kind == provider.KindReauthorize {
+			// The provider refused the grant itself (used, expired,
+			// revoked): never send it again. Other refusals (a wrong client
+			// secret) halt, and the grant is tried again once the inputs
+			// change.
+			next = next.withConsumed(intent.Spent)
 		}
 	}
 	count := int32(1)

@@ -93,7 +93,15 @@ func TestFacebookExpiringSystemUserTokenIsRefreshed(t *testing.T) {
 	orig := h.fb.IssueToken(facebookfake.KindSystemUserExpiring, h.clk.Now().Add(3*24*time.Hour))
 	h.fbSetup(orig)
 	h.reconcile() // adopt
-	h.reconcile() // inside refreshBefore (168h): refresh
+	h.reconcile() // 3 days left, refreshBefore 168h capped at half of that
+	if h.fb.Calls("refresh") != 0 {
+		t.Fatal("refreshed before the capped refreshBefore")
+	}
+	if c := h.cond(tokensv1alpha1.ConditionReady); !strings.Contains(c.Message, "capped at 36h0m0s") {
+		t.Fatalf("Ready must say refreshBefore is capped: %s", c.Message)
+	}
+	h.advancePastNextRefresh()
+	h.reconcile()
 	if h.fb.Calls("refresh") != 1 {
 		t.Fatalf("refreshes = %d, want 1", h.fb.Calls("refresh"))
 	}
@@ -136,7 +144,7 @@ func TestFacebookNonExpiringToken(t *testing.T) {
 }
 
 func TestFacebookDataAccessExpiry(t *testing.T) {
-	h := newHarness(t, amocrmfake.Options{}, facebookfake.Options{DataAccessTTL: 10 * 24 * time.Hour})
+	h := newHarness(t, amocrmfake.Options{}, facebookfake.Options{DataAccessTTL: 20 * 24 * time.Hour})
 	h.fbSetup(h.fb.IssueToken(facebookfake.KindUserLong, h.clk.Now().Add(50*24*time.Hour)))
 	h.reconcile()
 	da := h.get().Status.DataAccessExpirationTimestamp
@@ -144,7 +152,11 @@ func TestFacebookDataAccessExpiry(t *testing.T) {
 		t.Fatal("no dataAccessExpirationTimestamp")
 	}
 	h.wantCond(tokensv1alpha1.ConditionReauthorizationRequired, metav1.ConditionFalse, ReasonAuthorized)
-	h.clk.SetTime(da.Add(-6 * 24 * time.Hour))
+	// A user token only a human can renew: warned 14 days ahead.
+	h.clk.SetTime(da.Add(-15 * 24 * time.Hour))
+	h.reconcile()
+	h.wantCond(tokensv1alpha1.ConditionReauthorizationRequired, metav1.ConditionFalse, ReasonAuthorized)
+	h.clk.SetTime(da.Add(-13 * 24 * time.Hour))
 	h.reconcile()
 	h.wantCond(tokensv1alpha1.ConditionReauthorizationRequired, metav1.ConditionTrue, ReasonDataAccessExpiringSoon)
 }

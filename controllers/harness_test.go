@@ -73,6 +73,7 @@ func (e *eventLog) count(reason string) int {
 type flakyClient struct {
 	client.Client
 	failStateWrites  atomic.Int32
+	skipStateWrites  atomic.Int32 // state writes that succeed before failStateWrites applies
 	failStatusWrites atomic.Int32
 	failPatches      atomic.Int32
 	// afterWrite, when set, is called after each successful Secret write
@@ -117,6 +118,9 @@ func (s *flakyStatus) Patch(ctx context.Context, obj client.Object, patch client
 func (f *flakyClient) failing(obj client.Object) bool {
 	s, ok := obj.(*corev1.Secret)
 	if !ok || !strings.HasPrefix(s.Name, stateNamePrefix) {
+		return false
+	}
+	if f.skipStateWrites.Add(-1) >= 0 {
 		return false
 	}
 	return f.failStateWrites.Add(-1) >= 0

@@ -33,6 +33,10 @@ var errConflict = errors.New("the state Secret changed since it was read")
 type stateRecord struct {
 	state tokenState
 	rv    string
+	// adopt: the Secret was written for an earlier ManagedToken of this
+	// name (or before state Secrets lost their owner reference), or is
+	// marked orphaned; the next write adopts it.
+	adopt bool
 }
 
 // stateProblem is a state Secret the operator must not use or overwrite.
@@ -77,7 +81,8 @@ func parseStateSecret(sec *corev1.Secret, mt *tokensv1alpha1.ManagedToken) (stat
 			"state Secret %q holds a %s token of an earlier ManagedToken named %q, not a %s one; delete that Secret to start over",
 			name, st.Provider, mt.Name, mt.Spec.Provider)}
 	}
-	return stateRecord{state: st, rv: sec.ResourceVersion}, nil
+	adopt := sec.Annotations[ownerUIDAnnotation] != string(mt.UID) || sec.Annotations[orphanedAtAnnotation] != "" || len(sec.OwnerReferences) > 0
+	return stateRecord{state: st, rv: sec.ResourceVersion, adopt: adopt}, nil
 }
 
 // saveState writes next as mt's state, conditionally: base is the

@@ -92,9 +92,10 @@ func TestAccessTokenInCredentialsNeverDowngradesARefreshableToken(t *testing.T) 
 	if n := h.events.count(ReasonGrantRejected); n != 1 {
 		t.Fatalf("%d GrantRejected events, want exactly 1", n)
 	}
+	before := h.amo.Calls("refresh_token")
 	h.advancePastNextRefresh()
 	h.reconcile()
-	if h.amo.Calls("refresh_token") != 1 || !h.amo.RefreshTokenLive(h.state().Token.RefreshToken) {
+	if h.amo.Calls("refresh_token") != before+1 || !h.amo.RefreshTokenLive(h.state().Token.RefreshToken) {
 		t.Fatal("the refreshable token must go on being refreshed")
 	}
 }
@@ -148,22 +149,32 @@ func TestRetryAfterBoundedByExpiry(t *testing.T) {
 	}
 }
 
+// failUntil follows the requeues while the token endpoint fails, until
+// status counts n consecutive failures.
+func (h *harness) failUntil(n int32) {
+	h.t.Helper()
+	h.amo.FailNext(1000, http.StatusBadGateway, "<html>bad gateway</html>", nil)
+	for i := 0; i < 200 && h.get().Status.ConsecutiveFailures < n; i++ {
+		res := h.reconcile()
+		h.clk.Step(res.RequeueAfter)
+	}
+	if got := h.get().Status.ConsecutiveFailures; got < n {
+		h.t.Fatalf("only %d consecutive failures", got)
+	}
+}
+
 func TestBackoffStaysExponentialAfterExpiry(t *testing.T) {
 	h := newHarness(t, amocrmfake.Options{AccessTokenTTL: 24 * time.Hour})
 	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
 	h.createAmoMT("")
 	h.reconcile()
 	h.clk.SetTime(h.get().Status.ExpirationTimestamp.Add(time.Hour))
-	h.amo.FailNext(100, http.StatusBadGateway, "<html>bad gateway</html>", nil)
-	var waits []time.Duration
-	for i := 0; i < 8; i++ {
-		res := h.reconcile()
-		waits = append(waits, res.RequeueAfter)
-		h.clk.Step(res.RequeueAfter)
-	}
-	fmt.Printf("measured: back-off after expiry: %v\n", waits)
-	if waits[len(waits)-1] < 10*time.Minute {
-		t.Fatalf("back-off after expiry collapsed: %v", waits)
+	h.failUntil(8)
+	st := h.get().Status
+	wait := st.NextRetryTime.Sub(st.LastFailureTime.Time)
+	fmt.Printf("measured: back-off after expiry, after %d failures: %v\n", st.ConsecutiveFailures, wait)
+	if wait < 10*time.Minute {
+		t.Fatalf("back-off after expiry collapsed to %v after %d failures", wait, st.ConsecutiveFailures)
 	}
 }
 
@@ -173,14 +184,11 @@ func TestNewGrantEndsABackoffAtOnce(t *testing.T) {
 	h.createAmoMT("")
 	h.reconcile()
 	h.clk.SetTime(h.get().Status.ExpirationTimestamp.Add(time.Hour))
-	h.amo.FailNext(12, http.StatusBadGateway, "<html>bad gateway</html>", nil)
-	for i := 0; i < 12; i++ {
-		h.reconcile()
-		h.clk.Step(5 * time.Second)
-	}
+	h.failUntil(10)
 	if nr := h.get().Status.NextRetryTime; nr == nil || nr.Sub(h.clk.Now()) < 10*time.Minute {
 		t.Fatalf("precondition: a long back-off, got nextRetryTime %v", nr)
 	}
+	h.amo.FailNext(0, 0, "", nil)
 	// A human pastes a new code (it lives about 20 minutes).
 	h.amoCreds(map[string]string{"authorization_code": h.amo.IssueAuthorizationCode()})
 	h.reconcile()
