@@ -3,7 +3,6 @@ package amocrm
 import (
 	"encoding/json"
 	"strings"
-	"unicode"
 
 	"github.com/tokenkeeper/tokenkeeper/internal/provider"
 )
@@ -22,7 +21,6 @@ const (
 	hintRedirectURI       = "Redirect URI is not associated with client"
 	titleBadClient        = "Некорректный клиент"
 	detailBadClient       = "Авторизация клиента не прошла"
-	maxHintLen            = 200
 )
 
 // problem is AmoCRM's OAuth problem JSON; it has no RFC 6749 "error" field.
@@ -103,23 +101,8 @@ func classifyProblem(op string, status int, p problem, secrets ...string) *provi
 
 func is(hint, want string) bool { return strings.EqualFold(strings.TrimSpace(hint), want) }
 
-// safeHint returns hint without control characters, with any request secret
-// redacted, truncated to maxHintLen runes.
+// safeHint returns hint made safe to quote (provider.Redact), with any
+// request secret redacted.
 func safeHint(hint string, secrets []string) string {
-	for _, s := range secrets {
-		if len(s) >= 4 {
-			hint = strings.ReplaceAll(hint, s, "[redacted]")
-		}
-	}
-	hint = strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) {
-			return ' '
-		}
-		return r
-	}, hint)
-	hint = strings.TrimSpace(hint)
-	if r := []rune(hint); len(r) > maxHintLen {
-		hint = string(r[:maxHintLen]) + "…"
-	}
-	return hint
+	return provider.Redact(hint, secrets...)
 }

@@ -18,7 +18,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -66,14 +65,11 @@ const (
 const (
 	// DefaultRequestsPerSecond is AmoCRM's documented limit per account.
 	DefaultRequestsPerSecond = 7
-	defaultHTTPTimeout       = 30 * time.Second
 	// RefreshTokenLifetime is the documented refresh token lifetime (about 3 months).
 	RefreshTokenLifetime = 90 * 24 * time.Hour
 	// expiryTolerance is how far expires_in and the JWT exp may disagree
 	// before the earlier one is used.
 	expiryTolerance = 5 * time.Minute
-	maxBodyBytes    = 1 << 20
-	maxDrainBytes   = 64 << 10
 	tokenPath       = "/oauth2/access_token"
 	accountPath     = "/api/v4/account"
 )
@@ -81,9 +77,9 @@ const (
 // Options configures a Client.
 type Options struct {
 	// HTTPClient is used for every call; nil means a client with a 30 s
-	// timeout. Redirects are never followed (a redirected POST could carry
-	// the client secret to another host): when CheckRedirect is nil the
-	// client is copied and given one that stops at the first redirect.
+	// timeout. It is copied and never follows redirects
+	// (provider.NoRedirects): a redirected POST could carry the client
+	// secret to another host.
 	HTTPClient *http.Client
 	// BaseURL, when set (--amocrm-url: egress proxy, tests, sandbox),
 	// replaces https://<spec.amocrm.domain> for every call.
@@ -114,15 +110,7 @@ var _ provider.Provider = (*Client)(nil)
 
 // New returns an AmoCRM client.
 func New(opts Options) *Client {
-	hc := opts.HTTPClient
-	if hc == nil {
-		hc = &http.Client{Timeout: defaultHTTPTimeout}
-	}
-	if hc.CheckRedirect == nil {
-		cp := *hc
-		cp.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-		hc = &cp
-	}
+	hc := provider.NoRedirects(opts.HTTPClient)
 	clk := opts.Clock
 	if clk == nil {
 		clk = clock.RealClock{}
@@ -444,18 +432,13 @@ func (c *Client) do(ctx context.Context, req provider.Request, op string, hreq *
 		c.observed(op, 0, time.Since(start))
 		return 0, nil, nil, provider.TransportError(op, err)
 	}
-	defer func() {
-		_, _ = io.CopyN(io.Discard, resp.Body, maxDrainBytes)
-		_ = resp.Body.Close()
-	}()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBodyBytes+1))
+	body, perr := provider.ReadBody(ProviderName, op, resp)
 	c.observed(op, resp.StatusCode, time.Since(start))
-	if err != nil {
-		return 0, nil, nil, provider.TransportError(op, err)
+	if perr != nil {
+		return 0, nil, nil, perr
 	}
-	if len(body) > maxBodyBytes {
-		return 0, nil, nil, &provider.Error{Kind: provider.KindTransient, Reason: "MalformedResponse", Op: op,
-			HTTPStatus: resp.StatusCode, Message: "AmoCRM's answer is larger than 1 MiB; will retry"}
+	if provider.IsRedirect(resp.StatusCode) {
+		return 0, nil, nil, provider.RedirectError(ProviderName, op, resp.StatusCode, "spec.amocrm.domain (and --amocrm-url)")
 	}
 	return resp.StatusCode, resp.Header, body, nil
 }
@@ -481,9 +464,6 @@ func (c *Client) classifyStatus(op string, status int, header http.Header) *prov
 	case status >= 500:
 		return &provider.Error{Kind: provider.KindTransient, Reason: "ProviderUnavailable", Op: op, HTTPStatus: status,
 			Message: fmt.Sprintf("AmoCRM answered HTTP %d; will retry", status)}
-	case status >= 300 && status < 400:
-		return &provider.Error{Kind: provider.KindTransient, Reason: "UnexpectedResponse", Op: op, HTTPStatus: status,
-			Message: fmt.Sprintf("AmoCRM answered with a redirect (HTTP %d), which is not followed: check spec.amocrm.domain; will retry", status)}
 	default:
 		return &provider.Error{Kind: provider.KindTransient, Reason: "UnexpectedResponse", Op: op, HTTPStatus: status,
 			Message: fmt.Sprintf("AmoCRM answered HTTP %d; will retry", status)}

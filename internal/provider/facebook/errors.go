@@ -6,11 +6,9 @@ import (
 	"fmt"
 	"math"
 	"net/http"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/tokenkeeper/tokenkeeper/internal/provider"
 )
@@ -241,34 +239,8 @@ func requestScrubber(creds provider.Credentials, sent string) scrubber {
 	return scrubber{secret, appID + "|" + secret, sent}
 }
 
-var (
-	paramRE    = regexp.MustCompile(`(?i)(client_secret|access_token|input_token|fb_exchange_token|appsecret_proof|code|refresh_token)=[^&\s"']*`)
-	longWordRE = regexp.MustCompile(`[A-Za-z0-9_\-.%|~+/=]{32,}`)
-)
-
 func (s scrubber) scrub(text string) string {
-	for _, v := range []string{s.appToken, s.secret, s.token} {
-		if v != "" {
-			text = strings.ReplaceAll(text, v, "[redacted]")
-		}
-	}
-	text = paramRE.ReplaceAllString(text, "[redacted]")
-	text = longWordRE.ReplaceAllString(text, "[redacted]")
-	text = strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
-			return ' '
-		}
-		return r
-	}, text)
-	const maxLen = 240
-	if len(text) > maxLen {
-		cut := maxLen
-		for cut > 0 && !utf8.RuneStart(text[cut]) {
-			cut--
-		}
-		text = text[:cut] + "..."
-	}
-	return strings.TrimSpace(text)
+	return provider.Redact(text, s.appToken, s.secret, s.token)
 }
 
 // detail is the safe tail of an error message: code, Facebook's own words

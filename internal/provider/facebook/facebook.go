@@ -18,7 +18,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -62,8 +61,6 @@ const (
 )
 
 const (
-	defaultHTTPTimeout           = 30 * time.Second
-	maxBodyBytes                 = 1 << 20
 	shortLivedThreshold          = 24 * time.Hour
 	noExtensionTolerance         = time.Hour
 	pathExchange                 = "/oauth/access_token"
@@ -76,7 +73,8 @@ var versionRE = regexp.MustCompile(`^v[0-9]+\.[0-9]+$`)
 
 // Options configure a Client.
 type Options struct {
-	// HTTPClient defaults to a client with a 30 s timeout.
+	// HTTPClient defaults to a client with a 30 s timeout. It is copied and
+	// never follows redirects (provider.NoRedirects).
 	HTTPClient *http.Client
 	// BaseURL is a prefix; calls go to <BaseURL>/<version>/oauth/access_token
 	// and <BaseURL>/<version>/debug_token. Defaults to DefaultBaseURL.
@@ -100,10 +98,7 @@ var _ provider.Provider = (*Client)(nil)
 
 // New returns a Client.
 func New(opts Options) *Client {
-	c := &Client{http: opts.HTTPClient, clock: opts.Clock, observe: opts.Observe}
-	if c.http == nil {
-		c.http = &http.Client{Timeout: defaultHTTPTimeout}
-	}
+	c := &Client{http: provider.NoRedirects(opts.HTTPClient), clock: opts.Clock, observe: opts.Observe}
 	if c.clock == nil {
 		c.clock = clock.RealClock{}
 	}
@@ -385,18 +380,13 @@ func (c *Client) get(ctx context.Context, op, version, path string, q url.Values
 		c.observeReq(op, 0, start)
 		return nil, provider.TransportError(op, err)
 	}
-	defer func() {
-		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxBodyBytes))
-		_ = resp.Body.Close()
-	}()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBodyBytes+1))
+	body, perr := provider.ReadBody(ProviderName, op, resp)
 	c.observeReq(op, resp.StatusCode, start)
-	if err != nil {
-		return nil, provider.TransportError(op, err)
+	if perr != nil {
+		return nil, perr
 	}
-	if len(body) > maxBodyBytes {
-		return nil, &provider.Error{Kind: provider.KindTransient, Reason: "ResponseTooLarge", Op: op, HTTPStatus: resp.StatusCode,
-			Message: "Facebook's answer is larger than 1 MiB"}
+	if provider.IsRedirect(resp.StatusCode) {
+		return nil, provider.RedirectError(ProviderName, op, resp.StatusCode, "--facebook-url")
 	}
 	return &response{status: resp.StatusCode, header: resp.Header, body: body}, nil
 }

@@ -875,3 +875,40 @@ func TestNoLeakOnAnyErrorPath(t *testing.T) {
 		}
 	}
 }
+
+// TestRedirectsAreNotFollowed: Graph calls carry client_secret and tokens in
+// the query string; a redirect must neither be followed nor leak that URL
+// as Referer to its target.
+func TestRedirectsAreNotFollowed(t *testing.T) {
+	var mu sync.Mutex
+	var hits []string
+	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		hits = append(hits, r.Referer())
+		mu.Unlock()
+	}))
+	defer target.Close()
+	h := newHarness(t, facebookfake.Options{}, func(http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, target.URL+"/collect", http.StatusMovedPermanently)
+		})
+	})
+	tok := "EAAF" + strings.Repeat("z", 60)
+	cur := &provider.Token{AccessToken: tok, Type: facebook.TypeSystemUserExpiring, Expires: true, ExpiresAt: t0.Add(10 * day), Refreshable: true}
+	for _, call := range []func() error{
+		func() error { _, err := h.client.Refresh(context.Background(), request(tok), cur); return err },
+		func() error { _, err := h.client.Probe(context.Background(), request(tok), cur); return err },
+	} {
+		err := call()
+		var pe *provider.Error
+		if !errors.As(err, &pe) || pe.Reason != "UnexpectedRedirect" || pe.HTTPStatus != http.StatusMovedPermanently ||
+			!strings.Contains(pe.Message, "--facebook-url") || strings.Contains(pe.Error(), target.URL) {
+			t.Fatalf("got %v", err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(hits) != 0 {
+		t.Fatalf("the redirect target got %d requests", len(hits))
+	}
+}
