@@ -28,6 +28,8 @@ const (
 	roleState  = "state"
 
 	keyAccessToken         = "access_token"
+	keyPublishedToken      = "published_access_token"
+	keyAPIDomain           = "api_domain"
 	keyRefreshToken        = "refresh_token"
 	keyExpiresAt           = "expires_at"
 	keyRefreshExpiresAt    = "refresh_token_expires_at"
@@ -97,6 +99,12 @@ func encodeState(s tokenState) map[string][]byte {
 		return d
 	}
 	d[keyAccessToken] = []byte(t.AccessToken)
+	if t.PublishedAccessToken != "" {
+		d[keyPublishedToken] = []byte(t.PublishedAccessToken)
+	}
+	if t.APIDomain != "" {
+		d[keyAPIDomain] = []byte(t.APIDomain)
+	}
 	if t.RefreshToken != "" {
 		d[keyRefreshToken] = []byte(t.RefreshToken)
 	}
@@ -133,10 +141,12 @@ func decodeState(d map[string][]byte) (tokenState, error) {
 		return s, nil
 	}
 	t := &provider.Token{
-		AccessToken:  string(d[keyAccessToken]),
-		RefreshToken: string(d[keyRefreshToken]),
-		Type:         string(d[keyTokenType]),
-		Refreshable:  string(d[keyRefreshable]) == "true",
+		AccessToken:          string(d[keyAccessToken]),
+		PublishedAccessToken: string(d[keyPublishedToken]),
+		APIDomain:            string(d[keyAPIDomain]),
+		RefreshToken:         string(d[keyRefreshToken]),
+		Type:                 string(d[keyTokenType]),
+		Refreshable:          string(d[keyRefreshable]) == "true",
 	}
 	if sc := string(d[keyScopes]); sc != "" {
 		t.Scopes = strings.Split(sc, ",")

@@ -31,8 +31,19 @@ func (c Credentials) Has(key string) bool { return c.Get(key) != "" }
 // for RefreshTokenExpiresAt/DataAccessExpiresAt and "never" for ExpiresAt
 // when Expires is false.
 type Token struct {
-	// AccessToken is the value published to workloads.
+	// AccessToken is the managed token: the one refreshed and probed. It is
+	// the value published to workloads unless PublishedAccessToken is set.
 	AccessToken string
+	// PublishedAccessToken is the value published to workloads when it
+	// differs from AccessToken, e.g. a Facebook Page token derived from the
+	// managed user/system-user token (spec.facebook.pageID); empty means
+	// AccessToken. Bootstrap, Refresh and Probe may all return a new one.
+	PublishedAccessToken string
+	// APIDomain is the AmoCRM account host this token belongs to, when the
+	// account moved away from spec.amocrm.domain and the client followed
+	// it (always one of *.amocrm.ru, *.amocrm.com, *.kommo.com). Empty
+	// means spec.amocrm.domain.
+	APIDomain string
 	// RefreshToken is set only for providers that rotate one (AmoCRM).
 	RefreshToken string
 	// ExpiresAt is the access token's expiry; meaningful only when Expires.
@@ -56,6 +67,18 @@ type Token struct {
 	// human. A non-refreshable token is monitored, and the operator asks for
 	// reauthorization when it nears expiry.
 	Refreshable bool
+}
+
+// Published returns the value to publish to workloads: PublishedAccessToken
+// when set, else AccessToken.
+func (t *Token) Published() string {
+	if t == nil {
+		return ""
+	}
+	if t.PublishedAccessToken != "" {
+		return t.PublishedAccessToken
+	}
+	return t.AccessToken
 }
 
 // Request is what a provider call gets: the ManagedToken's spec (for

@@ -9,6 +9,13 @@
 // not OAuth at all (it takes an app access token "app_id|app_secret").
 // Plain net/http keeps full control over what reaches errors and logs.
 //
+// Every call that carries an access token also carries appsecret_proof
+// (HMAC-SHA256 of that token keyed with the app secret), as the official
+// SDKs do, so apps with "Require App Secret" work. With spec.facebook.pageID
+// the client derives a Page token from the managed user or system-user
+// token and returns it as Token.PublishedAccessToken. The protocol facts and
+// their sources are in docs/providers.md.
+//
 // The app secret travels in query strings, so no request URL ever reaches an
 // error or a log line: transport errors go through provider.TransportError,
 // and Graph API messages quoted in errors are scrubbed of the values sent.
@@ -22,6 +29,7 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"k8s.io/utils/clock"
@@ -48,6 +56,8 @@ const (
 	OpExchange   = "exchange"
 	OpRefresh    = "refresh"
 	OpDebugToken = "debug_token"
+	// OpPage is GET /{page-id}?fields=access_token (Page token derivation).
+	OpPage = "page"
 )
 
 // Token kinds (provider.Token.Type).
@@ -59,6 +69,10 @@ const (
 	TypePage                  = "FacebookPage"
 	TypeApp                   = "FacebookApp"
 )
+
+// DefaultUsageThreshold is the X-App-Usage percentage (of call_count,
+// total_cputime or total_time) from which the client slows down.
+const DefaultUsageThreshold = 90
 
 const (
 	shortLivedThreshold          = 24 * time.Hour
@@ -83,6 +97,9 @@ type Options struct {
 	Clock clock.PassiveClock
 	// Observe, when set, is told about every request.
 	Observe provider.RequestObserver
+	// UsageThreshold is the X-App-Usage percentage from which calls for that
+	// app are held back (see slowDown); 0 means DefaultUsageThreshold.
+	UsageThreshold float64
 }
 
 // Client talks to the Graph API. It is stateless and safe for concurrent use.
@@ -92,13 +109,23 @@ type Client struct {
 	baseErr bool
 	clock   clock.PassiveClock
 	observe provider.RequestObserver
+	usage   float64
+
+	mu sync.Mutex
+	// slowUntil holds calls back per app ID after a high X-App-Usage or an
+	// app-level throttling answer (see slowDown).
+	slowUntil map[string]time.Time
 }
 
 var _ provider.Provider = (*Client)(nil)
 
 // New returns a Client.
 func New(opts Options) *Client {
-	c := &Client{http: provider.NoRedirects(opts.HTTPClient), clock: opts.Clock, observe: opts.Observe}
+	c := &Client{http: provider.NoRedirects(opts.HTTPClient), clock: opts.Clock, observe: opts.Observe,
+		usage: opts.UsageThreshold, slowUntil: map[string]time.Time{}}
+	if c.usage <= 0 {
+		c.usage = DefaultUsageThreshold
+	}
 	if c.clock == nil {
 		c.clock = clock.RealClock{}
 	}
@@ -164,13 +191,22 @@ func (c *Client) Bootstrap(ctx context.Context, req provider.Request, grant stri
 	creds := req.Credentials
 	input := creds.Get(KeyAccessToken)
 
+	pageID, err := pageIDOf(req.Spec)
+	if err != nil {
+		return nil, err
+	}
 	tok, err := c.debugToken(ctx, version, creds, input)
 	if err != nil {
 		return nil, err
 	}
 	tok.AccessToken = input
+	if pageID != "" && (tok.Type == TypePage || tok.Type == TypeApp) {
+		return nil, &provider.Error{Kind: provider.KindConfiguration, Reason: "PageIDNeedsUserToken", Op: "bootstrap",
+			Message: "spec.facebook.pageID is set, so credentials key access_token must hold the user or system-user token the Page token is derived from, not a " +
+				tok.Type + " token: put a long-lived user token or a system-user token with a role on the Page there, or remove spec.facebook.pageID to publish this token as is"}
+	}
 	if tok.Type != TypeUserShortLived {
-		return tok, nil
+		return c.withPage(ctx, version, creds, pageID, tok, "")
 	}
 
 	// Short-lived user token: exchange it at once.
@@ -198,7 +234,7 @@ func (c *Client) Bootstrap(ctx context.Context, req provider.Request, grant stri
 		if ex.hasExpiresIn {
 			// The expiry is known; the rest was learnt from the
 			// short-lived token of the same user and app.
-			return out, nil
+			return c.withPage(ctx, version, creds, pageID, out, "")
 		}
 		return nil, derr
 	}
@@ -208,7 +244,7 @@ func (c *Client) Bootstrap(ctx context.Context, req provider.Request, grant stri
 	}
 	out.DataAccessExpiresAt = t2.DataAccessExpiresAt
 	out.Scopes = t2.Scopes
-	return out, nil
+	return c.withPage(ctx, version, creds, pageID, out, "")
 }
 
 // Refresh implements provider.Provider. It is meant for expiring
@@ -267,6 +303,16 @@ func (c *Client) Refresh(ctx context.Context, req provider.Request, current *pro
 	if out.Type == TypeSystemUserExpiring {
 		out.Refreshable = true
 	}
+	pageID, err := pageIDOf(req.Spec)
+	if err != nil {
+		return nil, err
+	}
+	// The new token is issued already: a failure to derive its Page token
+	// must not lose it, so the previous Page token (which lives until the
+	// old token's own expiry) stays published and the next probe retries.
+	if pt, perr := c.withPage(ctx, version, creds, pageID, out, ""); perr == nil {
+		return pt, nil
+	}
 	return out, nil
 }
 
@@ -283,8 +329,15 @@ func (c *Client) Probe(ctx context.Context, req provider.Request, current *provi
 	if err != nil {
 		return nil, err
 	}
+	pageID, err := pageIDOf(req.Spec)
+	if err != nil {
+		return nil, err
+	}
 	t, err := c.debugToken(ctx, version, req.Credentials, current.AccessToken)
 	if err != nil {
+		if pageID != "" {
+			return nil, userTokenFailed(err, pageID)
+		}
 		return nil, err
 	}
 	out := copyToken(current)
@@ -294,7 +347,7 @@ func (c *Client) Probe(ctx context.Context, req provider.Request, current *provi
 	out.Scopes = t.Scopes
 	out.Type = t.Type
 	out.Refreshable = t.Refreshable
-	return out, nil
+	return c.withPage(ctx, version, req.Credentials, pageID, out, current.PublishedAccessToken)
 }
 
 // extended reports whether next expires meaningfully later than cur.
@@ -444,11 +497,22 @@ func (c *Client) exchange(ctx context.Context, op, version string, creds provide
 // carried: the app secret, the app access token and the token sent. Every
 // Graph request goes through here, so none can forget a value to scrub.
 func (c *Client) call(ctx context.Context, op, version, path string, q url.Values, creds provider.Credentials, sent string) (map[string]json.RawMessage, *response, error) {
+	appID := creds.Get(KeyAppID)
+	if wait := c.heldBack(appID); wait > 0 {
+		return nil, nil, &provider.Error{Kind: provider.KindThrottled, Reason: "AppUsageHigh", Op: op, RetryAfter: wait,
+			Message: fmt.Sprintf("the Facebook app's usage (X-App-Usage) reached %.0f%% of its hourly limit, which every token of this app shares: "+
+				"calls for this app are held back for %s so the limit is not hit (raise the app's limit or spread its tokens' checks if this repeats)",
+				c.usage, wait.Round(time.Second))}
+	}
 	resp, err := c.get(ctx, op, version, path, q)
 	if err != nil {
 		return nil, nil, err
 	}
+	c.noteUsage(appID, resp.header)
 	obj, err := c.interpret(op, resp, requestScrubber(creds, sent))
+	if pe, ok := err.(*provider.Error); ok && pe.Kind == provider.KindThrottled && pe.RetryAfter > 0 && appLevelThrottle(pe.Code) {
+		c.holdBack(appID, pe.RetryAfter)
+	}
 	return obj, resp, err
 }
 
@@ -517,29 +581,43 @@ type debugData struct {
 // debugToken introspects input and returns what it learnt as a Token
 // (AccessToken empty, ObtainedAt now), or a classified error.
 func (c *Client) debugToken(ctx context.Context, version string, creds provider.Credentials, input string) (*provider.Token, error) {
+	t, _, err := c.debug(ctx, version, creds, input)
+	return t, err
+}
+
+// debug is debugToken that also returns the raw data object.
+func (c *Client) debug(ctx context.Context, version string, creds provider.Credentials, input string) (*provider.Token, *debugData, error) {
 	appID, secret := creds.Get(KeyAppID), creds.Get(KeyAppSecret)
+	appToken := appID + "|" + secret
 	q := url.Values{}
 	q.Set("input_token", input)
-	q.Set("access_token", appID+"|"+secret)
+	q.Set("access_token", appToken)
+	// The proof is over the token in access_token, the app token here.
+	q.Set("appsecret_proof", appSecretProof(secret, appToken))
 	obj, resp, err := c.call(ctx, OpDebugToken, version, pathDebugToken, q, creds, input)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	raw, ok := obj["data"]
+	if ok && strings.TrimSpace(string(raw)) == "[]" {
+		return nil, nil, &provider.Error{Kind: provider.KindConfiguration, Reason: "DebugTokenEmpty", Op: OpDebugToken, HTTPStatus: resp.status,
+			Message: "Facebook's debug_token said nothing about the token (data is an empty list, as seen with apps in development mode): " +
+				"check that the token in credentials key access_token was issued for the app in app_id, and that the app is Live or the token's user has a role on the app; then update the credentials Secret"}
+	}
 	var d debugData
 	if !ok || json.Unmarshal(raw, &d) != nil {
-		return nil, &provider.Error{Kind: provider.KindTransient, Reason: "MalformedResponse", Op: OpDebugToken, HTTPStatus: resp.status,
+		return nil, nil, &provider.Error{Kind: provider.KindTransient, Reason: "MalformedResponse", Op: OpDebugToken, HTTPStatus: resp.status,
 			Message: "Facebook's debug_token answer has no readable data object"}
 	}
 	if !bool(d.IsValid) {
 		if ae, ok := parseAPIError(d.Error); ok {
-			return nil, c.classify(OpDebugToken, resp.status, resp.header, ae, srcDebugData, requestScrubber(creds, input))
+			return nil, nil, c.classify(OpDebugToken, resp.status, resp.header, ae, srcDebugData, requestScrubber(creds, input))
 		}
-		return nil, &provider.Error{Kind: provider.KindReauthorize, Reason: "TokenInvalid", Op: OpDebugToken, HTTPStatus: resp.status,
+		return nil, nil, &provider.Error{Kind: provider.KindReauthorize, Reason: "TokenInvalid", Op: OpDebugToken, HTTPStatus: resp.status,
 			Message: "Facebook reports the token as not valid: put a new token in credentials key access_token"}
 	}
 	if got := strings.TrimSpace(string(d.AppID)); got != "" && got != appID {
-		return nil, &provider.Error{Kind: provider.KindConfiguration, Reason: "AppMismatch", Op: OpDebugToken, HTTPStatus: resp.status,
+		return nil, nil, &provider.Error{Kind: provider.KindConfiguration, Reason: "AppMismatch", Op: OpDebugToken, HTTPStatus: resp.status,
 			Message: fmt.Sprintf("the token belongs to Facebook app %s, not to the app in credentials key app_id (%s): use a token of this app or fix app_id/app_secret",
 				safeID(got), safeID(appID))}
 	}
@@ -548,9 +626,9 @@ func (c *Client) debugToken(ctx context.Context, version string, creds provider.
 		if pe, ok := err.(*provider.Error); ok {
 			pe.HTTPStatus = resp.status
 		}
-		return nil, err
+		return nil, nil, err
 	}
-	return t, nil
+	return t, &d, nil
 }
 
 // safeID keeps an app ID printable: digits only, bounded.
@@ -609,13 +687,43 @@ func tokenFromDebug(d *debugData, now time.Time) (*provider.Token, error) {
 		return nil, &provider.Error{Kind: provider.KindTransient, Reason: "MalformedResponse", Op: OpDebugToken,
 			Message: "Facebook's debug_token answer has no token type"}
 	default:
-		return nil, &provider.Error{Kind: provider.KindConfiguration, Reason: "UnsupportedTokenType", Op: OpDebugToken,
-			Message: "unsupported Facebook token type " + strings.Map(func(r rune) rune {
-				if (r >= 'A' && r <= 'Z') || r == '_' {
-					return r
-				}
-				return -1
-			}, strings.ToUpper(d.Type)) + ": use a user, system-user, Page or app token"}
+		// Login-for-Business and WhatsApp embedded-signup tokens may say
+		// BUSINESS_INTEGRATION_SYSTEM_USER, and Meta may add more: such a
+		// token is monitored (validity and expiry from debug_token, never
+		// exchanged) and its type named in status.
+		t.Type = unknownType(d.Type)
 	}
 	return t, nil
+}
+
+// TypeUnknownPrefix starts the Type of a token whose debug_token type the
+// client does not know, followed by that type in CamelCase, for example
+// FacebookBusinessIntegrationSystemUser.
+const TypeUnknownPrefix = "Facebook"
+
+// unknownType turns a Graph token type such as BUSINESS_INTEGRATION_SYSTEM_USER
+// into a bounded CamelCase Type (FacebookBusinessIntegrationSystemUser).
+func unknownType(graphType string) string {
+	var b strings.Builder
+	b.WriteString(TypeUnknownPrefix)
+	upper := true
+	for _, r := range strings.ToUpper(strings.TrimSpace(graphType)) {
+		switch {
+		case b.Len() >= 64:
+		case r >= 'A' && r <= 'Z':
+			if !upper {
+				r += 'a' - 'A'
+			}
+			b.WriteRune(r)
+			upper = false
+		case r >= '0' && r <= '9':
+			b.WriteRune(r)
+		default:
+			upper = true
+		}
+	}
+	if b.Len() == len(TypeUnknownPrefix) {
+		b.WriteString("Unknown")
+	}
+	return b.String()
 }

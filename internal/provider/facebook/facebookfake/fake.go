@@ -476,9 +476,6 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if s.appBudgetLocked(w) {
 			return
 		}
-		if !s.proofOKLocked(w, r, op, s.opts.AppID+"|"+s.opts.AppSecret, s.opts.AppTokenCallsNeedProof) {
-			return
-		}
 		s.debugTokenLocked(w, r)
 	case OpPage:
 		if !s.proofOKLocked(w, r, op, r.Form.Get("access_token"), true) {
@@ -661,8 +658,13 @@ type debugData struct {
 
 func (s *Server) debugTokenLocked(w http.ResponseWriter, r *http.Request) {
 	f := r.Form
-	if f.Get("access_token") != s.opts.AppID+"|"+s.opts.AppSecret {
+	appToken := s.opts.AppID + "|" + s.opts.AppSecret
+	if f.Get("access_token") != appToken {
 		s.writeError(w, http.StatusBadRequest, 190, 0, "Invalid OAuth access token signature.")
+		return
+	}
+	// The app token is checked first, then its proof.
+	if !s.proofOKLocked(w, r, OpDebugToken, appToken, s.opts.AppTokenCallsNeedProof) {
 		return
 	}
 	in := f.Get("input_token")
