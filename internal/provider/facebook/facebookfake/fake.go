@@ -552,7 +552,8 @@ func (s *Server) pageLocked(w http.ResponseWriter, r *http.Request, pageID strin
 	if r.Form.Get("fields") == "access_token" && roles[caller] && t.kind != KindPage && t.kind != KindApp {
 		key := caller + "\x00" + pageID
 		pt, ok := s.pageTokens[key]
-		if !ok || s.tokens[pt] == nil {
+		if old := s.tokens[pt]; !ok || old == nil || old.errCode != 0 || old.revoked {
+			// None yet, or the last one was invalidated on its own: a new one.
 			p := &token{kind: KindPage, issuedAt: now, userID: t.userID, parent: caller, pageID: pageID,
 				dataAccess: t.dataAccess, scopes: []string{"pages_show_list", "pages_manage_posts", "pages_read_engagement"}}
 			if t.kind == KindUserShort {
