@@ -46,7 +46,7 @@ func TestRecordedAnswers(t *testing.T) {
 			kind: C, reason: "AppCapabilityMissing", keywords: []string{"capability", "Meta App Dashboard"}},
 		{name: "4 app limit, X-App-Usage without regain time", status: 403, body: envelope(4, 0, ""),
 			header: http.Header{"X-App-Usage": {`{"call_count":100,"total_cputime":12,"total_time":20}`}},
-			kind: Th, reason: "RateLimited", retryAfter: time.Hour, keywords: []string{"hourly call limit", "debug_token"}},
+			kind:   Th, reason: "RateLimited", retryAfter: time.Hour, keywords: []string{"hourly call limit", "debug_token"}},
 		{name: "4 app limit, no header", op: "debug_token", status: 403, body: envelope(4, 0, ""),
 			kind: Th, reason: "RateLimited", retryAfter: 15 * time.Minute, keywords: []string{"hourly call limit"}},
 		{name: "368 temporarily blocked", status: 400, body: envelope(368, 0, ""),
