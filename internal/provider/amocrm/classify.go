@@ -83,7 +83,9 @@ func classifyProblem(op string, status int, p problem, secrets ...string) *provi
 		return conf("RedirectURIMismatch", "AmoCRM rejected the redirect URI (hint: "+hint+"): set spec.amocrm.redirectURI to the integration's redirect URI, byte-for-byte")
 	case p.Hint == "" && (p.Title == titleBadClient || p.Detail == detailBadClient):
 		e.Code = "title: " + titleBadClient
-		return conf("InvalidClient", "AmoCRM rejected the client ("+titleBadClient+": client authentication failed): check client_id and client_secret in the credentials Secret")
+		return conf("InvalidClient", "AmoCRM rejected the client ("+titleBadClient+": client authentication failed). It answers this for any of three mismatches, most often the redirect URI: "+
+			"compare spec.amocrm.redirectURI character for character (scheme, host, path, trailing slash) with the integration's Redirect URI in AmoCRM (Settings > Integrations > the integration > Keys and scopes), "+
+			"then client_id in the credentials Secret with the integration ID and client_secret with its Secret key there")
 	case is(p.Hint, hintTokenRevoked):
 		return reauth("RefreshTokenRevoked", "it was already used (rotated by another process, or a rotated pair was never saved) or the integration was revoked")
 	case is(p.Hint, hintTokenExpired):
