@@ -333,7 +333,7 @@ func TestFakeDrivenErrors(t *testing.T) {
 			req.Spec.AmoCRM.RedirectURI = testRedirectURI + "/"
 			_, err := h.client.Bootstrap(context.Background(), req, GrantRefreshToken)
 			return err
-		}, provider.KindConfiguration, "RedirectURIMismatch", 400},
+		}, provider.KindConfiguration, "InvalidClient", 401},
 		{"blocked", func(h *harness) error {
 			tok := h.bootstrap()
 			h.fake.SetBlocked(true)

@@ -247,12 +247,12 @@ func TestTokenEndpointErrors(t *testing.T) {
 				p := refreshParams(e.fake.CurrentRefreshToken())
 				delete(p, "redirect_uri")
 				return p
-			}(), nil, 400, HintRedirectURI, TitleBadRequest},
+			}(), nil, 401, "", TitleBadClient},
 			{"other redirect", func() map[string]string {
 				p := refreshParams(e.fake.CurrentRefreshToken())
 				p["redirect_uri"] = redirectURI + "/"
 				return p
-			}(), nil, 400, HintRedirectURI, TitleBadRequest},
+			}(), nil, 401, "", TitleBadClient},
 		}
 		for _, tc := range cases {
 			if tc.prep != nil {
