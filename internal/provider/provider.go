@@ -10,6 +10,7 @@ package provider
 
 import (
 	"context"
+	"encoding/json"
 	"time"
 
 	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
@@ -120,6 +121,29 @@ type Provider interface {
 	// needs, or an *Error of KindConfiguration, reason CredentialsKeyMissing,
 	// whose message names the missing keys (never their values).
 	ValidateCredentials(creds Credentials) error
+}
+
+// FlexString decodes a JSON string, or a number kept as its text: provider
+// IDs and codes come either way.
+type FlexString string
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (f *FlexString) UnmarshalJSON(b []byte) error {
+	s := trimSpace(string(b))
+	if s == "null" {
+		*f = ""
+		return nil
+	}
+	if len(s) > 0 && s[0] == '"' {
+		var str string
+		if err := json.Unmarshal(b, &str); err != nil {
+			return err
+		}
+		*f = FlexString(str)
+		return nil
+	}
+	*f = FlexString(s)
+	return nil
 }
 
 func trimSpace(s string) string {

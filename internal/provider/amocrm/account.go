@@ -87,14 +87,14 @@ type accountError struct {
 func parseAccountError(body []byte) accountError {
 	var raw struct {
 		Response *struct {
-			Error     string     `json:"error"`
-			ErrorCode flexString `json:"error_code"`
-			IP        string     `json:"ip"`
+			Error     string              `json:"error"`
+			ErrorCode provider.FlexString `json:"error_code"`
+			IP        string              `json:"ip"`
 		} `json:"response"`
-		ErrorCode flexString `json:"error_code"`
-		Code      flexString `json:"code"`
-		Detail    string     `json:"detail"`
-		IP        string     `json:"ip"`
+		ErrorCode provider.FlexString `json:"error_code"`
+		Code      provider.FlexString `json:"code"`
+		Detail    string              `json:"detail"`
+		IP        string              `json:"ip"`
 	}
 	if json.Unmarshal(body, &raw) != nil {
 		return accountError{}
@@ -203,10 +203,10 @@ func movedReport(e *provider.Error, req provider.Request, host string, claims jw
 }
 
 type accountDomain struct {
-	ID             flexString `json:"id"`
-	Subdomain      string     `json:"subdomain"`
-	Domain         string     `json:"domain"`
-	TopLevelDomain string     `json:"top_level_domain"`
+	ID             provider.FlexString `json:"id"`
+	Subdomain      string              `json:"subdomain"`
+	Domain         string              `json:"domain"`
+	TopLevelDomain string              `json:"top_level_domain"`
 }
 
 // followMove asks the account's current host with the refresh token (which
@@ -245,24 +245,4 @@ func (c *Client) followMove(ctx context.Context, req provider.Request, refreshTo
 			Message: "the account lookup answered for another account than the token's, so it is not followed"}
 	}
 	return host, nil
-}
-
-// flexString decodes a JSON string or number as text.
-type flexString string
-
-func (f *flexString) UnmarshalJSON(b []byte) error {
-	s := strings.TrimSpace(string(b))
-	if s == "null" {
-		return nil
-	}
-	if strings.HasPrefix(s, `"`) {
-		var str string
-		if err := json.Unmarshal(b, &str); err != nil {
-			return err
-		}
-		*f = flexString(str)
-		return nil
-	}
-	*f = flexString(s)
-	return nil
 }

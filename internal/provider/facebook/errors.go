@@ -341,24 +341,3 @@ func (f *flexBool) UnmarshalJSON(b []byte) error {
 	}
 	return nil
 }
-
-// flexString accepts a JSON string or number.
-type flexString string
-
-func (f *flexString) UnmarshalJSON(b []byte) error {
-	s := strings.TrimSpace(string(b))
-	if s == "null" {
-		*f = ""
-		return nil
-	}
-	if strings.HasPrefix(s, `"`) {
-		var str string
-		if err := json.Unmarshal(b, &str); err != nil {
-			return err
-		}
-		*f = flexString(str)
-		return nil
-	}
-	*f = flexString(s)
-	return nil
-}

@@ -561,21 +561,21 @@ func (c *Client) interpret(op string, resp *response, sc scrubber) (map[string]j
 // --- debug_token ---
 
 type debugData struct {
-	AppID               flexString `json:"app_id"`
-	Type                string     `json:"type"`
-	Application         string     `json:"application"`
-	ExpiresAt           flexInt    `json:"expires_at"`
-	DataAccessExpiresAt flexInt    `json:"data_access_expires_at"`
-	IsValid             flexBool   `json:"is_valid"`
-	IssuedAt            *flexInt   `json:"issued_at"`
-	Scopes              []string   `json:"scopes"`
+	AppID               provider.FlexString `json:"app_id"`
+	Type                string              `json:"type"`
+	Application         string              `json:"application"`
+	ExpiresAt           flexInt             `json:"expires_at"`
+	DataAccessExpiresAt flexInt             `json:"data_access_expires_at"`
+	IsValid             flexBool            `json:"is_valid"`
+	IssuedAt            *flexInt            `json:"issued_at"`
+	Scopes              []string            `json:"scopes"`
 	GranularScopes      []struct {
 		Scope     string   `json:"scope"`
 		TargetIDs []string `json:"target_ids"`
 	} `json:"granular_scopes"`
-	UserID    flexString      `json:"user_id"`
-	ProfileID flexString      `json:"profile_id"`
-	Error     json.RawMessage `json:"error"`
+	UserID    provider.FlexString `json:"user_id"`
+	ProfileID provider.FlexString `json:"profile_id"`
+	Error     json.RawMessage     `json:"error"`
 }
 
 // debugToken introspects input and returns what it learnt as a Token

@@ -533,14 +533,8 @@ func (s *Server) proofOKLocked(w http.ResponseWriter, r *http.Request, op, token
 // Page without access_token (unconfirmed: the real API may answer an error).
 func (s *Server) pageLocked(w http.ResponseWriter, r *http.Request, pageID string) {
 	caller := r.Form.Get("access_token")
-	t, ok := s.tokens[caller]
+	t, now, ok := s.usableLocked(w, caller)
 	if !ok {
-		s.writeError(w, http.StatusBadRequest, 190, 0, "Invalid OAuth access token - Cannot parse access token")
-		return
-	}
-	now := s.clock.Now()
-	if code, sub, bad := s.invalidLocked(t, now); bad {
-		s.writeError(w, http.StatusBadRequest, code, sub, s.errorMessage(code, sub, t, now))
 		return
 	}
 	roles, exists := s.pages[pageID]
@@ -587,19 +581,8 @@ func (s *Server) exchangeLocked(w http.ResponseWriter, r *http.Request, refresh 
 		s.writeError(w, http.StatusBadRequest, 100, 0, "(#100) The parameter fb_exchange_token is required")
 		return
 	}
-	t, ok := s.tokens[in]
+	t, now, ok := s.usableLocked(w, in)
 	if !ok {
-		s.writeError(w, http.StatusBadRequest, 190, 0, "Invalid OAuth access token - Cannot parse access token")
-		return
-	}
-	now := s.clock.Now()
-	if code, sub, bad := s.invalidLocked(t, now); bad {
-		if code == 190 && sub == 463 {
-			w.Header().Set("WWW-Authenticate", Recorded463WWWAuthenticate)
-			writeJSONRaw(w, http.StatusBadRequest, Recorded463Body)
-			return
-		}
-		s.writeError(w, http.StatusBadRequest, code, sub, s.errorMessage(code, sub, t, now))
 		return
 	}
 
@@ -629,6 +612,27 @@ func (s *Server) exchangeLocked(w http.ResponseWriter, r *http.Request, refresh 
 		resp["expires_in"] = secs
 	}
 	writeJSON(w, http.StatusOK, resp)
+}
+
+// usableLocked returns the token tok when it is known and valid; otherwise
+// it answers the error envelope (the recorded body for 190/463).
+func (s *Server) usableLocked(w http.ResponseWriter, tok string) (*token, time.Time, bool) {
+	now := s.clock.Now()
+	t, ok := s.tokens[tok]
+	if !ok {
+		s.writeError(w, http.StatusBadRequest, 190, 0, "Invalid OAuth access token - Cannot parse access token")
+		return nil, now, false
+	}
+	if code, sub, bad := s.invalidLocked(t, now); bad {
+		if code == 190 && sub == 463 {
+			w.Header().Set("WWW-Authenticate", Recorded463WWWAuthenticate)
+			writeJSONRaw(w, http.StatusBadRequest, Recorded463Body)
+			return nil, now, false
+		}
+		s.writeError(w, http.StatusBadRequest, code, sub, s.errorMessage(code, sub, t, now))
+		return nil, now, false
+	}
+	return t, now, true
 }
 
 type debugError struct {
