@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
@@ -101,5 +102,21 @@ func TestFidelityPageToken(t *testing.T) {
 	h.reconcile()
 	if h.fb.Calls(facebookfake.OpDebugToken) != calls {
 		t.Fatal("a halted token must not be checked again until its inputs change")
+	}
+}
+
+// TestFidelityPageIDAdmission: spec.facebook.pageID must be numeric.
+func TestFidelityPageIDAdmission(t *testing.T) {
+	ns := newNamespace(t)
+	bad := validFacebook(ns, "bad-page")
+	bad.Spec.Facebook = &tokensv1alpha1.FacebookSpec{PageID: "my-page"}
+	err := k8sClient.Create(context.Background(), bad)
+	if err == nil || !strings.Contains(err.Error(), "pageID must be the numeric ID of the Facebook Page") {
+		t.Fatalf("a non-numeric pageID must be rejected with a clear message: %v", err)
+	}
+	good := validFacebook(ns, "good-page")
+	good.Spec.Facebook = &tokensv1alpha1.FacebookSpec{PageID: "104169029247128"}
+	if err := k8sClient.Create(context.Background(), good); err != nil {
+		t.Fatal(err)
 	}
 }
