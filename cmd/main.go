@@ -145,7 +145,7 @@ func run(c runConfig) error {
 	if err := m.Register(mgr.GetCache()); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
-	httpClient := &http.Client{Timeout: c.providerTimeout}
+	httpClient := provider.NewHTTPClient(c.providerTimeout)
 	clk := clock.RealClock{}
 	providers := map[tokensv1alpha1.Provider]provider.Provider{
 		tokensv1alpha1.ProviderAmoCRM: amocrm.New(amocrm.Options{

@@ -5,6 +5,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
+	"github.com/tokenkeeper/tokenkeeper/internal/provider"
 )
 
 // Condition reasons (CamelCase, per the Kubernetes API conventions).
@@ -31,7 +32,7 @@ const (
 	ReasonRefreshOutcomeUnknown = "RefreshOutcomeUnknown"
 	// ReasonTokenRejectedAfterRefresh: a rejected token was refreshed and
 	// the new one was rejected too: the cause is not the token.
-	ReasonTokenRejectedAfterRefresh = "TokenRejectedAfterRefresh"
+	ReasonTokenRejectedAfterRefresh = provider.ReasonTokenRejectedAfterRefresh
 	// ReasonGrantNotAdopted: a new grant would downgrade a refreshable
 	// token to one only a human can renew; it was not adopted.
 	ReasonGrantNotAdopted = "GrantNotAdopted"

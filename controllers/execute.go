@@ -415,9 +415,7 @@ func (r *ManagedTokenReconciler) probeAfterRefresh(ctx context.Context, in *inpu
 	}
 	pe := provider.AsError(err)
 	if pe.Kind == provider.KindTokenRejected {
-		pe = &provider.Error{Kind: provider.KindReauthorize, Reason: ReasonTokenRejectedAfterRefresh, Op: pe.Op, HTTPStatus: pe.HTTPStatus, Code: pe.Code,
-			Message: "the provider rejected the access token, and rejected the new one issued right after as well (" + pe.Message +
-				"): the cause is not the token but the account or user behind it (disabled user, removed integration, wrong account host). Fix that in the provider's account, then set the refresh-requested-at annotation"}
+		pe = provider.RejectedAfterRefresh(pe)
 	}
 	logFailure(ctx, pe)
 	next := out.state.clone()
@@ -429,7 +427,10 @@ func (r *ManagedTokenReconciler) probeAfterRefresh(ctx context.Context, in *inpu
 }
 
 // mergeMetadata copies what a probe may change into t: expiry, data access
-// expiry, type, scopes. Never the token values.
+// expiry, type, scopes, and what is derived from the managed token (a Page
+// token derived again, the account host after a move). Never the managed
+// token or the refresh token: the write that stores this is conditional on
+// the state the probe started from.
 func mergeMetadata(t, probed *provider.Token) {
 	if t == nil || probed == nil {
 		return
@@ -441,6 +442,12 @@ func mergeMetadata(t, probed *provider.Token) {
 	}
 	if len(probed.Scopes) > 0 {
 		t.Scopes = append([]string(nil), probed.Scopes...)
+	}
+	if probed.PublishedAccessToken != "" {
+		t.PublishedAccessToken = probed.PublishedAccessToken
+	}
+	if probed.APIDomain != "" {
+		t.APIDomain = probed.APIDomain
 	}
 }
 

@@ -36,6 +36,7 @@ const (
 
 	keyAccessToken          = "access_token"
 	keyPublishedAccessToken = "published_access_token"
+	keyAPIDomain            = "api_domain"
 	keyRefreshToken         = "refresh_token"
 	keyExpiresAt            = "expires_at"
 	keyRefreshExpiresAt     = "refresh_token_expires_at"
@@ -218,6 +219,9 @@ func encodeState(s tokenState) map[string][]byte {
 	if t.PublishedAccessToken != "" {
 		d[keyPublishedAccessToken] = []byte(t.PublishedAccessToken)
 	}
+	if t.APIDomain != "" {
+		d[keyAPIDomain] = []byte(t.APIDomain)
+	}
 	if t.RefreshToken != "" {
 		d[keyRefreshToken] = []byte(t.RefreshToken)
 	}
@@ -299,6 +303,7 @@ func decodeState(d map[string][]byte) (tokenState, error) {
 	t := &provider.Token{
 		AccessToken:          string(d[keyAccessToken]),
 		PublishedAccessToken: string(d[keyPublishedAccessToken]),
+		APIDomain:            string(d[keyAPIDomain]),
 		RefreshToken:         string(d[keyRefreshToken]),
 		Type:                 string(d[keyTokenType]),
 	}

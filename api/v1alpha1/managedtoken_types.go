@@ -146,6 +146,18 @@ type FacebookSpec struct {
 	// +kubebuilder:validation:MaxLength=16
 	// +kubebuilder:validation:XValidation:rule="self.matches('^v[0-9]+\\\\.[0-9]+$')",message="graphAPIVersion must look like v26.0"
 	GraphAPIVersion string `json:"graphAPIVersion,omitempty"`
+
+	// pageID, when set, makes the operator publish a Page access token of
+	// this Page instead of the token in the credentials Secret. That token
+	// (a long-lived user token or a system-user token with a role on the
+	// Page) stays the managed one: the operator derives the Page token from
+	// it (GET /{page-id}?fields=access_token), which then does not expire,
+	// and checks both at every check. The Page token stops working when the
+	// user's session ends, the password changes or the Page role is removed.
+	// +optional
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[0-9]+$')",message="pageID must be the numeric ID of the Facebook Page, such as 104169029247128"
+	PageID string `json:"pageID,omitempty"`
 }
 
 // AmoCRMSpec holds AmoCRM (Kommo) settings.

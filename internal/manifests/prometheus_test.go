@@ -21,6 +21,7 @@ var wantAlerts = []string{
 	"TokenkeeperRefreshFailing",
 	"TokenkeeperDataAccessExpiring",
 	"TokenkeeperTokenNotReady",
+	"TokenkeeperManualRenewalDue",
 	"TokenkeeperManagerAbsent",
 }
 

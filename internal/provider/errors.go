@@ -18,7 +18,12 @@ const (
 	KindThrottled
 	// KindTokenRejected: the provider refused the current access token on a
 	// validity probe (AmoCRM 401 on /api/v4/account). A refreshable token is
-	// refreshed at once; otherwise a human must re-authorize.
+	// refreshed at once; otherwise a human must re-authorize. Only a plain
+	// token 401 is this kind: documented 401s that are not about the token
+	// (account not found, user disabled, another server) get another kind,
+	// so they never cause a refresh. When the probe of a token just
+	// refreshed because of KindTokenRejected is rejected again, the
+	// controller halts with RejectedAfterRefresh.
 	KindTokenRejected
 	// KindReauthorize: a human must log in or re-authorize (revoked or
 	// expired grant, checkpoint, password change, missing permission). No more
@@ -80,6 +85,29 @@ func (e *Error) Error() string {
 }
 
 func (e *Error) Unwrap() error { return e.Err }
+
+// ReasonTokenRejectedAfterRefresh is the reason of RejectedAfterRefresh.
+const ReasonTokenRejectedAfterRefresh = "TokenRejectedAfterRefresh"
+
+// RejectedAfterRefresh is the error the controller reports when a token
+// that was refreshed because a probe rejected it (KindTokenRejected) is
+// rejected again on the one probe that follows the refresh: the cause is
+// not the token, so refreshing again would only rotate the pair at every
+// check. second is the second rejection. The result is KindReauthorize
+// (halt and alert), reason TokenRejectedAfterRefresh.
+func RejectedAfterRefresh(second *Error) *Error {
+	e := &Error{Kind: KindReauthorize, Reason: ReasonTokenRejectedAfterRefresh, Op: "probe",
+		Message: "the provider rejected the access token, and rejected the new one obtained by a refresh right after: the cause is not the token " +
+			"(for AmoCRM: the user behind the integration was disabled or removed from the account, the account or its domain changed, or the integration lost access); " +
+			"check the account and spec.amocrm.domain, then authorize the integration again and put a new authorization_code into the credentials Secret"}
+	if second != nil {
+		e.Op, e.HTTPStatus, e.Code = second.Op, second.HTTPStatus, second.Code
+		if second.Message != "" {
+			e.Message += " (last answer: " + second.Message + ")"
+		}
+	}
+	return e
+}
 
 // AsError returns the *Error in err's chain; any other error is wrapped as
 // KindTransient with reason ProviderError.

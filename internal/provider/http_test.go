@@ -6,8 +6,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 func TestValidateBaseURL(t *testing.T) {
@@ -107,5 +109,97 @@ func TestCredentialsGetTrims(t *testing.T) {
 	c := Credentials{"refresh_token": []byte(" def50200\n"), "empty": []byte("  ")}
 	if c.Get("refresh_token") != "def50200" || c.Has("empty") || c.Has("missing") {
 		t.Fatalf("Get/Has: %q %v %v", c.Get("refresh_token"), c.Has("empty"), c.Has("missing"))
+	}
+}
+
+// TestNoRedirects: a redirect answer is returned as is; its target never
+// gets a request, so the previous URL (client_secret, tokens) cannot reach
+// it as Referer.
+func TestNoRedirects(t *testing.T) {
+	var targetHits atomic.Int32
+	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		targetHits.Add(1)
+		t.Errorf("the redirect target got a request (Referer %q)", r.Referer())
+	}))
+	defer target.Close()
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, target.URL+"/steal", http.StatusFound)
+	}))
+	defer origin.Close()
+
+	follows := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return nil }}
+	for name, hc := range map[string]*http.Client{
+		"NewHTTPClient":                   NewHTTPClient(time.Second),
+		"NoRedirects(nil)":                NoRedirects(nil),
+		"NoRedirects(a following client)": NoRedirects(follows),
+	} {
+		resp, err := hc.Get(origin.URL + "/oauth/access_token?client_secret=s3cr3t")
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		body, perr := ReadBody("Facebook", "exchange", resp)
+		if perr != nil || resp.StatusCode != http.StatusFound || !IsRedirect(resp.StatusCode) {
+			t.Fatalf("%s: status %d, err %v, want the 302 itself", name, resp.StatusCode, perr)
+		}
+		_ = body
+	}
+	if follows.CheckRedirect == nil {
+		t.Fatal("NoRedirects must not modify the client it is given")
+	}
+	if n := targetHits.Load(); n != 0 {
+		t.Fatalf("redirect target got %d requests", n)
+	}
+	pe := RedirectError("AmoCRM", "account", http.StatusFound, "spec.amocrm.domain")
+	if pe.Kind != KindTransient || pe.Reason != "UnexpectedRedirect" || !strings.Contains(pe.Message, "HTTP 302") ||
+		!strings.Contains(pe.Message, "spec.amocrm.domain") || strings.Contains(pe.Message, target.URL) {
+		t.Fatalf("RedirectError = %+v", pe)
+	}
+	if NewHTTPClient(0).Timeout != DefaultHTTPTimeout || NewHTTPClient(5*time.Second).Timeout != 5*time.Second {
+		t.Fatal("NewHTTPClient timeout")
+	}
+}
+
+// TestReadBodyCap: a body over MaxBodyBytes is refused, one at the cap is read.
+func TestReadBodyCap(t *testing.T) {
+	for _, tc := range []struct {
+		size int
+		ok   bool
+	}{{MaxBodyBytes, true}, {MaxBodyBytes + 1, false}, {8 * MaxBodyBytes, false}, {0, true}} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			_, _ = w.Write([]byte(strings.Repeat("a", tc.size)))
+		}))
+		resp, err := NewHTTPClient(5 * time.Second).Get(srv.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, perr := ReadBody("AmoCRM", "account", resp)
+		srv.Close()
+		if tc.ok && (perr != nil || len(body) != tc.size) {
+			t.Fatalf("size %d: %d bytes, %v", tc.size, len(body), perr)
+		}
+		if !tc.ok && (perr == nil || perr.Reason != "ResponseTooLarge" || perr.Kind != KindTransient || body != nil) {
+			t.Fatalf("size %d: want ResponseTooLarge, got %v", tc.size, perr)
+		}
+	}
+}
+
+func TestRedact(t *testing.T) {
+	secret := "app-secret-value"
+	tok := "EAAF" + strings.Repeat("x", 40)
+	got := Redact("bad "+secret+" and "+tok+" at https://x/?client_secret=abc&code=def\nnext line", secret, tok, "ab")
+	for _, bad := range []string{secret, tok, "abc", "def", "\n"} {
+		if strings.Contains(got, bad) {
+			t.Errorf("Redact left %q in %q", bad, got)
+		}
+	}
+	if !strings.Contains(got, "next line") || !strings.Contains(got, "bad") {
+		t.Errorf("Redact dropped plain text: %q", got)
+	}
+	long := Redact(strings.Repeat("слово ", 100))
+	if len(long) > maxRedactedLen+3 || !strings.HasSuffix(long, "...") || !utf8.ValidString(long) {
+		t.Errorf("Redact must cut long text on a rune boundary: %d bytes", len(long))
+	}
+	if Redact("Token has been revoked") != "Token has been revoked" {
+		t.Error("Redact must keep short plain text")
 	}
 }

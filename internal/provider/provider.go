@@ -10,6 +10,7 @@ package provider
 
 import (
 	"context"
+	"encoding/json"
 	"time"
 
 	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
@@ -31,12 +32,19 @@ func (c Credentials) Has(key string) bool { return c.Get(key) != "" }
 // for RefreshTokenExpiresAt/DataAccessExpiresAt and "never" for ExpiresAt
 // when Expires is false.
 type Token struct {
-	// AccessToken is the value published to workloads.
+	// AccessToken is the managed token: the one refreshed and probed. It is
+	// the value published to workloads unless PublishedAccessToken is set.
 	AccessToken string
 	// PublishedAccessToken is the value published to workloads when it
-	// differs from AccessToken (a Facebook Page token derived from the
-	// managed user or system-user token); empty means AccessToken.
+	// differs from AccessToken, e.g. a Facebook Page token derived from the
+	// managed user/system-user token (spec.facebook.pageID); empty means
+	// AccessToken. Bootstrap, Refresh and Probe may all return a new one.
 	PublishedAccessToken string
+	// APIDomain is the AmoCRM account host this token belongs to, when the
+	// account moved away from spec.amocrm.domain and the client followed
+	// it (always one of *.amocrm.ru, *.amocrm.com, *.kommo.com). Empty
+	// means spec.amocrm.domain.
+	APIDomain string
 	// RefreshToken is set only for providers that rotate one (AmoCRM).
 	RefreshToken string
 	// ExpiresAt is the access token's expiry; meaningful only when Expires.
@@ -62,8 +70,12 @@ type Token struct {
 	Refreshable bool
 }
 
-// Published returns the value workloads get.
+// Published returns the value to publish to workloads: PublishedAccessToken
+// when set, else AccessToken.
 func (t *Token) Published() string {
+	if t == nil {
+		return ""
+	}
 	if t.PublishedAccessToken != "" {
 		return t.PublishedAccessToken
 	}
@@ -112,6 +124,29 @@ type Provider interface {
 	// renewing or checking it needs is required, not the grant it came from
 	// (a user or a GitOps tool may remove a consumed grant).
 	ValidateCredentials(creds Credentials, stored *Token) error
+}
+
+// FlexString decodes a JSON string, or a number kept as its text: provider
+// IDs and codes come either way.
+type FlexString string
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (f *FlexString) UnmarshalJSON(b []byte) error {
+	s := trimSpace(string(b))
+	if s == "null" {
+		*f = ""
+		return nil
+	}
+	if len(s) > 0 && s[0] == '"' {
+		var str string
+		if err := json.Unmarshal(b, &str); err != nil {
+			return err
+		}
+		*f = FlexString(str)
+		return nil
+	}
+	*f = FlexString(s)
+	return nil
 }
 
 func trimSpace(s string) string {

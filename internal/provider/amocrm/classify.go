@@ -3,7 +3,6 @@ package amocrm
 import (
 	"encoding/json"
 	"strings"
-	"unicode"
 
 	"github.com/tokenkeeper/tokenkeeper/internal/provider"
 )
@@ -22,7 +21,6 @@ const (
 	hintRedirectURI       = "Redirect URI is not associated with client"
 	titleBadClient        = "Некорректный клиент"
 	detailBadClient       = "Авторизация клиента не прошла"
-	maxHintLen            = 200
 )
 
 // problem is AmoCRM's OAuth problem JSON; it has no RFC 6749 "error" field.
@@ -85,7 +83,9 @@ func classifyProblem(op string, status int, p problem, secrets ...string) *provi
 		return conf("RedirectURIMismatch", "AmoCRM rejected the redirect URI (hint: "+hint+"): set spec.amocrm.redirectURI to the integration's redirect URI, byte-for-byte")
 	case p.Hint == "" && (p.Title == titleBadClient || p.Detail == detailBadClient):
 		e.Code = "title: " + titleBadClient
-		return conf("InvalidClient", "AmoCRM rejected the client ("+titleBadClient+": client authentication failed): check client_id and client_secret in the credentials Secret")
+		return conf("InvalidClient", "AmoCRM rejected the client ("+titleBadClient+": client authentication failed). It answers this for any of three mismatches, most often the redirect URI: "+
+			"compare spec.amocrm.redirectURI character for character (scheme, host, path, trailing slash) with the integration's Redirect URI in AmoCRM (Settings > Integrations > the integration > Keys and scopes), "+
+			"then client_id in the credentials Secret with the integration ID and client_secret with its Secret key there")
 	case is(p.Hint, hintTokenRevoked):
 		return reauth("RefreshTokenRevoked", "it was already used (rotated by another process, or a rotated pair was never saved) or the integration was revoked")
 	case is(p.Hint, hintTokenExpired):
@@ -103,23 +103,8 @@ func classifyProblem(op string, status int, p problem, secrets ...string) *provi
 
 func is(hint, want string) bool { return strings.EqualFold(strings.TrimSpace(hint), want) }
 
-// safeHint returns hint without control characters, with any request secret
-// redacted, truncated to maxHintLen runes.
+// safeHint returns hint made safe to quote (provider.Redact), with any
+// request secret redacted.
 func safeHint(hint string, secrets []string) string {
-	for _, s := range secrets {
-		if len(s) >= 4 {
-			hint = strings.ReplaceAll(hint, s, "[redacted]")
-		}
-	}
-	hint = strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) {
-			return ' '
-		}
-		return r
-	}, hint)
-	hint = strings.TrimSpace(hint)
-	if r := []rune(hint); len(r) > maxHintLen {
-		hint = string(r[:maxHintLen]) + "…"
-	}
-	return hint
+	return provider.Redact(hint, secrets...)
 }

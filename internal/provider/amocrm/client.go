@@ -66,14 +66,11 @@ const (
 const (
 	// DefaultRequestsPerSecond is AmoCRM's documented limit per account.
 	DefaultRequestsPerSecond = 7
-	defaultHTTPTimeout       = 30 * time.Second
 	// RefreshTokenLifetime is the documented refresh token lifetime (about 3 months).
 	RefreshTokenLifetime = 90 * 24 * time.Hour
 	// expiryTolerance is how far expires_in and the JWT exp may disagree
 	// before the earlier one is used.
 	expiryTolerance = 5 * time.Minute
-	maxBodyBytes    = 1 << 20
-	maxDrainBytes   = 64 << 10
 	tokenPath       = "/oauth2/access_token"
 	accountPath     = "/api/v4/account"
 )
@@ -81,9 +78,9 @@ const (
 // Options configures a Client.
 type Options struct {
 	// HTTPClient is used for every call; nil means a client with a 30 s
-	// timeout. Redirects are never followed (a redirected POST could carry
-	// the client secret to another host): when CheckRedirect is nil the
-	// client is copied and given one that stops at the first redirect.
+	// timeout. It is copied and never follows redirects
+	// (provider.NoRedirects): a redirected POST could carry the client
+	// secret to another host.
 	HTTPClient *http.Client
 	// BaseURL, when set (--amocrm-url: egress proxy, tests, sandbox),
 	// replaces https://<spec.amocrm.domain> for every call.
@@ -114,15 +111,7 @@ var _ provider.Provider = (*Client)(nil)
 
 // New returns an AmoCRM client.
 func New(opts Options) *Client {
-	hc := opts.HTTPClient
-	if hc == nil {
-		hc = &http.Client{Timeout: defaultHTTPTimeout}
-	}
-	if hc.CheckRedirect == nil {
-		cp := *hc
-		cp.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-		hc = &cp
-	}
+	hc := provider.NoRedirects(opts.HTTPClient)
 	clk := opts.Clock
 	if clk == nil {
 		clk = clock.RealClock{}
@@ -204,13 +193,13 @@ func (c *Client) Bootstrap(ctx context.Context, req provider.Request, grant stri
 		if code == "" {
 			return nil, missingKeys([]string{KeyAuthorizationCode})
 		}
-		return c.tokenRequest(ctx, req, OpAuthorizationCode, code)
+		return c.tokenRequest(ctx, req, OpAuthorizationCode, code, specDomain(req))
 	case GrantRefreshToken:
 		rt := req.Credentials.Get(KeyRefreshToken)
 		if rt == "" {
 			return nil, missingKeys([]string{KeyRefreshToken})
 		}
-		return c.tokenRequest(ctx, req, OpRefreshToken, rt)
+		return c.tokenRequest(ctx, req, OpRefreshToken, rt, specDomain(req))
 	case GrantAccessToken:
 		return c.bootstrapLongLived(ctx, req)
 	default:
@@ -231,11 +220,15 @@ func (c *Client) Refresh(ctx context.Context, req provider.Request, current *pro
 			Message: "the current AmoCRM token has no refresh token: put a new authorization_code or refresh_token into the credentials Secret",
 		}
 	}
-	return c.tokenRequest(ctx, req, OpRefreshToken, current.RefreshToken)
+	return c.tokenRequest(ctx, req, OpRefreshToken, current.RefreshToken, tokenHost(req, current))
 }
 
 // Probe implements provider.Provider: GET /api/v4/account with the access
-// token. It returns a copy of current unchanged when AmoCRM accepts it.
+// token, on the token's own host (Token.APIDomain, else spec.amocrm.domain).
+// It returns a copy of current when AmoCRM accepts it. When the account is
+// not found there or lives on another server, and the token has a refresh
+// token, it looks the account's current host up (see followMove) and, when
+// the token is accepted there, returns the copy with APIDomain set to it.
 func (c *Client) Probe(ctx context.Context, req provider.Request, current *provider.Token) (*provider.Token, error) {
 	if current == nil || current.AccessToken == "" {
 		return nil, &provider.Error{
@@ -243,27 +236,48 @@ func (c *Client) Probe(ctx context.Context, req provider.Request, current *provi
 			Message: "there is no access token to check",
 		}
 	}
-	if err := c.probe(ctx, req, current.AccessToken, current.Refreshable); err != nil {
+	claims, _ := decodeJWT(current.AccessToken)
+	if err := c.crossCheck(req, claims); err != nil {
 		return nil, err
 	}
+	host := tokenHost(req, current)
 	cp := *current
 	cp.Scopes = append([]string(nil), current.Scopes...)
+	perr := c.probe(ctx, req, current.AccessToken, current.Refreshable, host, claims)
+	if perr == nil {
+		return &cp, nil
+	}
+	if !isMove(perr) {
+		return nil, perr
+	}
+	if current.RefreshToken == "" {
+		return nil, movedReport(perr, req, host, claims, nil)
+	}
+	newHost, ferr := c.followMove(ctx, req, current.RefreshToken, claims)
+	if ferr != nil {
+		return nil, movedReport(perr, req, host, claims, ferr)
+	}
+	if newHost == host {
+		return nil, movedReport(perr, req, host, claims, &provider.Error{Message: "the account lookup names the same host"})
+	}
+	if err := c.probe(ctx, req, current.AccessToken, current.Refreshable, newHost, claims); err != nil {
+		return nil, err
+	}
+	cp.APIDomain = newHost
+	if newHost == specDomain(req) {
+		cp.APIDomain = ""
+	}
 	return &cp, nil
 }
 
-func (c *Client) probe(ctx context.Context, req provider.Request, accessToken string, refreshable bool) error {
-	base, perr := c.base(req, OpAccount)
+func (c *Client) probe(ctx context.Context, req provider.Request, accessToken string, refreshable bool, host string, claims jwtClaims) *provider.Error {
+	hreq, perr := c.newRequest(ctx, req, http.MethodGet, OpAccount, host, accountPath, nil)
 	if perr != nil {
 		return perr
 	}
-	hreq, err := http.NewRequestWithContext(ctx, http.MethodGet, base+accountPath, nil)
-	if err != nil {
-		return &provider.Error{Kind: provider.KindConfiguration, Reason: "InvalidDomain", Op: OpAccount,
-			Message: "cannot build the AmoCRM request: check spec.amocrm.domain"}
-	}
 	hreq.Header.Set("Authorization", "Bearer "+accessToken)
-	hreq.Header.Set("Accept", "application/json")
-	status, header, _, perr := c.do(ctx, req, OpAccount, hreq)
+	c.setClientUUID(hreq, req, claims)
+	status, header, body, perr := c.do(ctx, req, OpAccount, hreq)
 	if perr != nil {
 		return perr
 	}
@@ -271,6 +285,9 @@ func (c *Client) probe(ctx context.Context, req provider.Request, accessToken st
 	case status >= 200 && status < 300:
 		return nil
 	case status == http.StatusUnauthorized:
+		if ae := parseAccountError(body); ae.notAboutToken() {
+			return ae.classify(OpAccount, status, host)
+		}
 		msg := "AmoCRM rejected the access token (HTTP 401 from the account endpoint)"
 		if !refreshable {
 			msg += ": put a new long-lived token into access_token in the credentials Secret"
@@ -278,7 +295,7 @@ func (c *Client) probe(ctx context.Context, req provider.Request, accessToken st
 		return &provider.Error{Kind: provider.KindTokenRejected, Reason: "AccessTokenRejected", Op: OpAccount,
 			HTTPStatus: status, Message: msg}
 	}
-	return c.classifyStatus(OpAccount, status, header)
+	return c.classifyStatus(OpAccount, status, header, body)
 }
 
 func (c *Client) bootstrapLongLived(ctx context.Context, req provider.Request) (*provider.Token, error) {
@@ -302,7 +319,16 @@ func (c *Client) bootstrapLongLived(ctx context.Context, req provider.Request) (
 				": create a new long-lived token in AmoCRM and put it into access_token",
 		}
 	}
-	if err := c.probe(ctx, req, tok, false); err != nil {
+	if err := c.crossCheck(req, claims); err != nil {
+		return nil, err
+	}
+	if host := specDomain(req); claims.baseDomain != "" && host != "" && !strings.HasSuffix(host, "."+claims.baseDomain) {
+		return nil, &provider.Error{Kind: provider.KindConfiguration, Reason: "AccountDomainMismatch", Op: "bootstrap",
+			Message: fmt.Sprintf("the long-lived token in access_token belongs to account %d on %s, but spec.amocrm.domain is %s: "+
+				"set spec.amocrm.domain to the account's address on %s (the account may have moved), or use a token of this account",
+				claims.accountID, claims.baseDomain, host, claims.baseDomain)}
+	}
+	if err := c.probe(ctx, req, tok, false, specDomain(req), claims); err != nil {
 		if pe := provider.AsError(err); pe.Kind == provider.KindTokenRejected {
 			return nil, &provider.Error{
 				Kind: provider.KindReauthorize, Reason: pe.Reason, Op: pe.Op, HTTPStatus: pe.HTTPStatus,
@@ -333,7 +359,9 @@ type tokenRequestBody struct {
 
 // tokenRequest calls POST /oauth2/access_token with grant op
 // (authorization_code or refresh_token) and value (the code or refresh token).
-func (c *Client) tokenRequest(ctx context.Context, req provider.Request, op, value string) (*provider.Token, error) {
+// host is the account host to call: Token.APIDomain for a refresh of a
+// token that followed a move, else spec.amocrm.domain.
+func (c *Client) tokenRequest(ctx context.Context, req provider.Request, op, value, host string) (*provider.Token, error) {
 	// Only the client credentials are needed here: a refresh uses the
 	// stored pair even if the Secret's refresh_token was since removed.
 	clientID, clientSecret := req.Credentials.Get(KeyClientID), req.Credentials.Get(KeyClientSecret)
@@ -347,9 +375,8 @@ func (c *Client) tokenRequest(ctx context.Context, req provider.Request, op, val
 	if len(missing) > 0 {
 		return nil, missingKeys(missing)
 	}
-	base, perr := c.base(req, op)
-	if perr != nil {
-		return nil, perr
+	if req.Spec == nil || req.Spec.AmoCRM == nil {
+		return nil, specMissing(op)
 	}
 	redirectURI := req.Spec.AmoCRM.RedirectURI // byte-for-byte, not trimmed
 	if redirectURI == "" {
@@ -371,10 +398,9 @@ func (c *Client) tokenRequest(ctx context.Context, req provider.Request, op, val
 		return nil, &provider.Error{Kind: provider.KindConfiguration, Reason: "InvalidRequest", Op: op,
 			Message: "cannot encode the token request"}
 	}
-	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, base+tokenPath, &buf)
-	if err != nil {
-		return nil, &provider.Error{Kind: provider.KindConfiguration, Reason: "InvalidDomain", Op: op,
-			Message: "cannot build the AmoCRM request: check spec.amocrm.domain"}
+	hreq, perr := c.newRequest(ctx, req, http.MethodPost, op, host, tokenPath, &buf)
+	if perr != nil {
+		return nil, perr
 	}
 	hreq.Header.Set("Content-Type", "application/json")
 	hreq.Header.Set("Accept", "application/json")
@@ -384,7 +410,11 @@ func (c *Client) tokenRequest(ctx context.Context, req provider.Request, op, val
 		return nil, perr
 	}
 	if status >= 200 && status < 300 {
-		return c.parseToken(op, status, respBody)
+		tok, err := c.parseToken(op, status, respBody)
+		if err == nil && host != specDomain(req) {
+			tok.APIDomain = host
+		}
+		return tok, err
 	}
 	if status == http.StatusBadRequest || status == http.StatusUnauthorized {
 		if p, ok := parseProblem(respBody); ok {
@@ -393,25 +423,45 @@ func (c *Client) tokenRequest(ctx context.Context, req provider.Request, op, val
 		return nil, &provider.Error{Kind: provider.KindTransient, Reason: "UnexpectedResponse", Op: op, HTTPStatus: status,
 			Message: fmt.Sprintf("AmoCRM answered HTTP %d without a readable problem body; will retry", status)}
 	}
-	return nil, c.classifyStatus(op, status, header)
+	return nil, c.classifyStatus(op, status, header, respBody)
 }
 
-// base returns the scheme and host to call, from BaseURL or spec.amocrm.domain.
-func (c *Client) base(req provider.Request, op string) (string, *provider.Error) {
+func specMissing(op string) *provider.Error {
+	return &provider.Error{Kind: provider.KindConfiguration, Reason: "AmoCRMSpecMissing", Op: op,
+		Message: "spec.amocrm is required: set amocrm.domain and amocrm.redirectURI"}
+}
+
+// newRequest builds a request to path on the account host. With BaseURL
+// (--amocrm-url) the request goes there instead, and its Host header names
+// the account host, so a reverse proxy (or a test fake) can route it.
+func (c *Client) newRequest(ctx context.Context, req provider.Request, method, op, host, path string, body io.Reader) (*http.Request, *provider.Error) {
 	if req.Spec == nil || req.Spec.AmoCRM == nil {
-		return "", &provider.Error{Kind: provider.KindConfiguration, Reason: "AmoCRMSpecMissing", Op: op,
-			Message: "spec.amocrm is required: set amocrm.domain and amocrm.redirectURI"}
+		return nil, specMissing(op)
 	}
-	if c.baseURL != "" {
-		return c.baseURL, nil
-	}
-	domain := req.Spec.AmoCRM.Domain
-	u, err := url.Parse("https://" + domain)
-	if domain == "" || err != nil || u.Host != domain || u.Path != "" || u.RawQuery != "" || u.User != nil || u.Fragment != "" {
-		return "", &provider.Error{Kind: provider.KindConfiguration, Reason: "InvalidDomain", Op: op,
+	if !validHost(host) {
+		return nil, &provider.Error{Kind: provider.KindConfiguration, Reason: "InvalidDomain", Op: op,
 			Message: "spec.amocrm.domain must be the account host, such as example.amocrm.ru"}
 	}
-	return "https://" + domain, nil
+	base := "https://" + host
+	if c.baseURL != "" {
+		base = c.baseURL
+	}
+	hreq, err := http.NewRequestWithContext(ctx, method, base+path, body)
+	if err != nil {
+		return nil, &provider.Error{Kind: provider.KindConfiguration, Reason: "InvalidDomain", Op: op,
+			Message: "cannot build the AmoCRM request: check spec.amocrm.domain"}
+	}
+	if c.baseURL != "" {
+		hreq.Host = host
+	}
+	hreq.Header.Set("Accept", "application/json")
+	return hreq, nil
+}
+
+// validHost accepts a bare host name (no port, path, user or query).
+func validHost(host string) bool {
+	u, err := url.Parse("https://" + host)
+	return host != "" && err == nil && u.Host == host && u.Path == "" && u.RawQuery == "" && u.User == nil && u.Fragment == "" && u.Port() == ""
 }
 
 func (c *Client) limiter(req provider.Request) *rate.Limiter {
@@ -447,18 +497,13 @@ func (c *Client) do(ctx context.Context, req provider.Request, op string, hreq *
 		c.observed(op, 0, time.Since(start))
 		return 0, nil, nil, provider.TransportError(op, err)
 	}
-	defer func() {
-		_, _ = io.CopyN(io.Discard, resp.Body, maxDrainBytes)
-		_ = resp.Body.Close()
-	}()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBodyBytes+1))
+	body, perr := provider.ReadBody(ProviderName, op, resp)
 	c.observed(op, resp.StatusCode, time.Since(start))
-	if err != nil {
-		return 0, nil, nil, provider.TransportError(op, err)
+	if perr != nil {
+		return 0, nil, nil, perr
 	}
-	if len(body) > maxBodyBytes {
-		return 0, nil, nil, &provider.Error{Kind: provider.KindTransient, Reason: "MalformedResponse", Op: op,
-			HTTPStatus: resp.StatusCode, Message: "AmoCRM's answer is larger than 1 MiB; will retry"}
+	if provider.IsRedirect(resp.StatusCode) {
+		return 0, nil, nil, provider.RedirectError(ProviderName, op, resp.StatusCode, "spec.amocrm.domain (and --amocrm-url)")
 	}
 	return resp.StatusCode, resp.Header, body, nil
 }
@@ -471,22 +516,17 @@ func (c *Client) observed(op string, code int, elapsed time.Duration) {
 
 // classifyStatus handles the statuses shared by both endpoints: 429, 403,
 // 5xx and anything unexpected.
-func (c *Client) classifyStatus(op string, status int, header http.Header) *provider.Error {
+func (c *Client) classifyStatus(op string, status int, header http.Header, body []byte) *provider.Error {
 	switch {
+	case status == http.StatusForbidden:
+		return parseAccountError(body).blocked(op, status)
 	case status == http.StatusTooManyRequests:
 		return &provider.Error{Kind: provider.KindThrottled, Reason: "RateLimited", Op: op, HTTPStatus: status,
 			RetryAfter: provider.ParseRetryAfter(header.Get("Retry-After"), c.clock.Now()),
 			Message:    "AmoCRM is throttling requests (HTTP 429); will retry later"}
-	case status == http.StatusForbidden:
-		return &provider.Error{Kind: provider.KindBlocked, Reason: "ProviderBlocked", Op: op, HTTPStatus: status,
-			Message: "AmoCRM refused this client (HTTP 403, possibly an IP block after too many requests); " +
-				"the operator stopped calling AmoCRM for this token: check access from the operator's egress address, then change the ManagedToken or request a refresh"}
 	case status >= 500:
 		return &provider.Error{Kind: provider.KindTransient, Reason: "ProviderUnavailable", Op: op, HTTPStatus: status,
 			Message: fmt.Sprintf("AmoCRM answered HTTP %d; will retry", status)}
-	case status >= 300 && status < 400:
-		return &provider.Error{Kind: provider.KindTransient, Reason: "UnexpectedResponse", Op: op, HTTPStatus: status,
-			Message: fmt.Sprintf("AmoCRM answered with a redirect (HTTP %d), which is not followed: check spec.amocrm.domain; will retry", status)}
 	default:
 		return &provider.Error{Kind: provider.KindTransient, Reason: "UnexpectedResponse", Op: op, HTTPStatus: status,
 			Message: fmt.Sprintf("AmoCRM answered HTTP %d; will retry", status)}

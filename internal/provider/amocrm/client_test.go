@@ -333,7 +333,7 @@ func TestFakeDrivenErrors(t *testing.T) {
 			req.Spec.AmoCRM.RedirectURI = testRedirectURI + "/"
 			_, err := h.client.Bootstrap(context.Background(), req, GrantRefreshToken)
 			return err
-		}, provider.KindConfiguration, "RedirectURIMismatch", 400},
+		}, provider.KindConfiguration, "InvalidClient", 401},
 		{"blocked", func(h *harness) error {
 			tok := h.bootstrap()
 			h.fake.SetBlocked(true)
@@ -591,11 +591,19 @@ func TestRedirectsAreNotFollowed(t *testing.T) {
 		http.Redirect(w, r, other.URL+r.URL.Path, http.StatusTemporaryRedirect)
 	}))
 	defer redir.Close()
-	c := New(Options{BaseURL: redir.URL, HTTPClient: redir.Client()})
+	// Even a client that is told to follow redirects does not.
+	hc := redir.Client()
+	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return nil }
+	c := New(Options{BaseURL: redir.URL, HTTPClient: hc})
 	_, err := c.Refresh(context.Background(), request(), &provider.Token{RefreshToken: "rt-value"})
 	pe := asProviderError(t, err)
-	if pe.Kind != provider.KindTransient || pe.HTTPStatus != http.StatusTemporaryRedirect {
+	if pe.Kind != provider.KindTransient || pe.Reason != "UnexpectedRedirect" || pe.HTTPStatus != http.StatusTemporaryRedirect ||
+		strings.Contains(pe.Error(), other.URL) {
 		t.Fatalf("got %+v", pe)
+	}
+	_, err = c.Probe(context.Background(), request(), &provider.Token{AccessToken: "at-value"})
+	if pe := asProviderError(t, err); pe.Reason != "UnexpectedRedirect" {
+		t.Fatalf("probe: got %+v", pe)
 	}
 	mu.Lock()
 	defer mu.Unlock()

@@ -12,6 +12,14 @@ import (
 type jwtClaims struct {
 	exp    time.Time // zero when absent
 	scopes []string
+	// aud is the client_id of the integration the token was issued to.
+	aud string
+	// accountID, baseDomain (amocrm.ru, amocrm.com, kommo.com) and
+	// apiDomain (api-b.amocrm.ru; only in tokens issued after 21 August
+	// 2024) say which account the token belongs to and where it lives.
+	accountID  int64
+	baseDomain string
+	apiDomain  string
 }
 
 // decodeJWT reads the payload of a JWT WITHOUT verifying its signature: the
@@ -28,8 +36,12 @@ func decodeJWT(tok string) (jwtClaims, bool) {
 		return jwtClaims{}, false
 	}
 	var raw struct {
-		Exp    json.Number `json:"exp"`
-		Scopes any         `json:"scopes"`
+		Exp        json.Number `json:"exp"`
+		Scopes     any         `json:"scopes"`
+		Aud        any         `json:"aud"`
+		AccountID  json.Number `json:"account_id"`
+		BaseDomain string      `json:"base_domain"`
+		APIDomain  string      `json:"api_domain"`
 	}
 	dec := json.NewDecoder(bytes.NewReader(payload))
 	dec.UseNumber()
@@ -42,6 +54,19 @@ func decodeJWT(tok string) (jwtClaims, bool) {
 			c.exp = time.Unix(int64(f), 0)
 		}
 	}
+	switch a := raw.Aud.(type) {
+	case string:
+		c.aud = a
+	case []any:
+		if len(a) == 1 {
+			c.aud, _ = a[0].(string)
+		}
+	}
+	if n, err := raw.AccountID.Int64(); err == nil && n > 0 {
+		c.accountID = n
+	}
+	c.baseDomain = strings.ToLower(strings.TrimSpace(raw.BaseDomain))
+	c.apiDomain = strings.ToLower(strings.TrimSpace(raw.APIDomain))
 	if list, ok := raw.Scopes.([]any); ok {
 		scopes := make([]string, 0, len(list))
 		for _, s := range list {

@@ -6,11 +6,9 @@ import (
 	"fmt"
 	"math"
 	"net/http"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/tokenkeeper/tokenkeeper/internal/provider"
 )
@@ -145,9 +143,44 @@ func (c *Client) classify(op string, status int, h http.Header, e *apiError, src
 		pe.Kind, pe.Reason = provider.KindThrottled, "RateLimited"
 		pe.RetryAfter = retryAfter(h, c.clock.Now())
 		pe.Message = "Facebook rate limit reached: backing off"
+		if appLevelThrottle(pe.Code) {
+			// App-level limits give no time to regain access: wait by the
+			// usage percentages, or a quarter of the one-hour window.
+			pe.Message = "the Facebook app reached its own hourly call limit (shared by every token of the app; each debug_token check counts): backing off"
+			if pe.RetryAfter == 0 {
+				pe.RetryAfter = appThrottleDefault
+				if pct, ok := usagePercent(h); ok && slowDown(pct, 0) > 0 {
+					pe.RetryAfter = max(slowDown(pct, DefaultUsageThreshold), minSlowDown)
+				}
+			}
+		}
+	case e.Code == 368:
+		pe.Kind, pe.Reason = provider.KindThrottled, "TemporarilyBlocked"
+		pe.RetryAfter = max(retryAfter(h, c.clock.Now()), time.Hour)
+		pe.Message = "Facebook temporarily blocked the action for a policy violation: waiting at least an hour before trying again; " +
+			"if it persists, check the app's and the user's standing in the Meta App Dashboard and Business Support Home"
 	case e.IsTransient || e.Code == 1 || e.Code == 2:
 		pe.Kind, pe.Reason = provider.KindTransient, "GraphAPITransient"
 		pe.Message = "Facebook reported a temporary error: retrying"
+	case e.Code == 100 && strings.Contains(strings.ToLower(e.Message), "appsecret_proof"):
+		// Code 100 covers every invalid parameter; the appsecret_proof
+		// cases are told apart by Meta's documented text, only to name
+		// the right key (the kind is the same).
+		pe.Kind, pe.Reason = provider.KindConfiguration, "AppSecretProofRejected"
+		pe.Message = "Facebook refused the call's appsecret_proof (the app has \"Require App Secret\" on, and the operator signs every call with credentials key app_secret): " +
+			"set app_secret to the app's current secret (Meta App Dashboard > App settings > Basic); calls resume when the credentials Secret changes"
+	case e.Code == 100 && e.Subcode == 33:
+		pe.Kind, pe.Reason = provider.KindConfiguration, "PageNotFound"
+		pe.Message = "Facebook has no object with the ID in spec.facebook.pageID that this token can see: set it to the numeric Page ID (Page > About), and check that the user or system user has a role on the Page"
+	case e.Code == 100:
+		pe.Kind, pe.Reason = provider.KindConfiguration, "GraphInvalidRequest"
+		pe.Message = "Facebook refused a parameter of the call (code 100, invalid parameter): check credentials keys app_id and app_secret (apps with \"Require App Secret\" refuse a proof made with a wrong secret) and spec.facebook"
+	case e.Code == 101:
+		pe.Kind, pe.Reason = provider.KindConfiguration, "InvalidAppID"
+		pe.Message = "Facebook does not know the app in credentials key app_id (code 101, invalid application ID): set app_id to the numeric App ID from the Meta App Dashboard, with the matching app_secret"
+	case e.Code == 3:
+		pe.Kind, pe.Reason = provider.KindConfiguration, "AppCapabilityMissing"
+		pe.Message = "the Facebook app lacks the capability for this call (code 3): add the product or feature it needs (for a system-user token: Business Login / the Marketing API product; App Review for advanced access) in the Meta App Dashboard"
 	case e.Code == 190:
 		pe.Kind = provider.KindReauthorize
 		if rc, ok := subcodes190[e.Subcode]; ok {
@@ -241,34 +274,8 @@ func requestScrubber(creds provider.Credentials, sent string) scrubber {
 	return scrubber{secret, appID + "|" + secret, sent}
 }
 
-var (
-	paramRE    = regexp.MustCompile(`(?i)(client_secret|access_token|input_token|fb_exchange_token|appsecret_proof|code|refresh_token)=[^&\s"']*`)
-	longWordRE = regexp.MustCompile(`[A-Za-z0-9_\-.%|~+/=]{32,}`)
-)
-
 func (s scrubber) scrub(text string) string {
-	for _, v := range []string{s.appToken, s.secret, s.token} {
-		if v != "" {
-			text = strings.ReplaceAll(text, v, "[redacted]")
-		}
-	}
-	text = paramRE.ReplaceAllString(text, "[redacted]")
-	text = longWordRE.ReplaceAllString(text, "[redacted]")
-	text = strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
-			return ' '
-		}
-		return r
-	}, text)
-	const maxLen = 240
-	if len(text) > maxLen {
-		cut := maxLen
-		for cut > 0 && !utf8.RuneStart(text[cut]) {
-			cut--
-		}
-		text = text[:cut] + "..."
-	}
-	return strings.TrimSpace(text)
+	return provider.Redact(text, s.appToken, s.secret, s.token)
 }
 
 // detail is the safe tail of an error message: code, Facebook's own words
@@ -332,26 +339,5 @@ func (f *flexBool) UnmarshalJSON(b []byte) error {
 	default:
 		*f = false
 	}
-	return nil
-}
-
-// flexString accepts a JSON string or number.
-type flexString string
-
-func (f *flexString) UnmarshalJSON(b []byte) error {
-	s := strings.TrimSpace(string(b))
-	if s == "null" {
-		*f = ""
-		return nil
-	}
-	if strings.HasPrefix(s, `"`) {
-		var str string
-		if err := json.Unmarshal(b, &str); err != nil {
-			return err
-		}
-		*f = flexString(str)
-		return nil
-	}
-	*f = flexString(s)
 	return nil
 }

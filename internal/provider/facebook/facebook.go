@@ -9,6 +9,13 @@
 // not OAuth at all (it takes an app access token "app_id|app_secret").
 // Plain net/http keeps full control over what reaches errors and logs.
 //
+// Every call that carries an access token also carries appsecret_proof
+// (HMAC-SHA256 of that token keyed with the app secret), as the official
+// SDKs do, so apps with "Require App Secret" work. With spec.facebook.pageID
+// the client derives a Page token from the managed user or system-user
+// token and returns it as Token.PublishedAccessToken. The protocol facts and
+// their sources are in docs/providers.md.
+//
 // The app secret travels in query strings, so no request URL ever reaches an
 // error or a log line: transport errors go through provider.TransportError,
 // and Graph API messages quoted in errors are scrubbed of the values sent.
@@ -18,11 +25,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"k8s.io/utils/clock"
@@ -49,6 +56,8 @@ const (
 	OpExchange   = "exchange"
 	OpRefresh    = "refresh"
 	OpDebugToken = "debug_token"
+	// OpPage is GET /{page-id}?fields=access_token (Page token derivation).
+	OpPage = "page"
 )
 
 // Token kinds (provider.Token.Type).
@@ -61,9 +70,11 @@ const (
 	TypeApp                   = "FacebookApp"
 )
 
+// DefaultUsageThreshold is the X-App-Usage percentage (of call_count,
+// total_cputime or total_time) from which the client slows down.
+const DefaultUsageThreshold = 90
+
 const (
-	defaultHTTPTimeout           = 30 * time.Second
-	maxBodyBytes                 = 1 << 20
 	shortLivedThreshold          = 24 * time.Hour
 	noExtensionTolerance         = time.Hour
 	pathExchange                 = "/oauth/access_token"
@@ -76,7 +87,8 @@ var versionRE = regexp.MustCompile(`^v[0-9]+\.[0-9]+$`)
 
 // Options configure a Client.
 type Options struct {
-	// HTTPClient defaults to a client with a 30 s timeout.
+	// HTTPClient defaults to a client with a 30 s timeout. It is copied and
+	// never follows redirects (provider.NoRedirects).
 	HTTPClient *http.Client
 	// BaseURL is a prefix; calls go to <BaseURL>/<version>/oauth/access_token
 	// and <BaseURL>/<version>/debug_token. Defaults to DefaultBaseURL.
@@ -85,6 +97,9 @@ type Options struct {
 	Clock clock.PassiveClock
 	// Observe, when set, is told about every request.
 	Observe provider.RequestObserver
+	// UsageThreshold is the X-App-Usage percentage from which calls for that
+	// app are held back (see slowDown); 0 means DefaultUsageThreshold.
+	UsageThreshold float64
 }
 
 // Client talks to the Graph API. It is stateless and safe for concurrent use.
@@ -94,15 +109,22 @@ type Client struct {
 	baseErr bool
 	clock   clock.PassiveClock
 	observe provider.RequestObserver
+	usage   float64
+
+	mu sync.Mutex
+	// slowUntil holds calls back per app ID after a high X-App-Usage or an
+	// app-level throttling answer (see slowDown).
+	slowUntil map[string]time.Time
 }
 
 var _ provider.Provider = (*Client)(nil)
 
 // New returns a Client.
 func New(opts Options) *Client {
-	c := &Client{http: opts.HTTPClient, clock: opts.Clock, observe: opts.Observe}
-	if c.http == nil {
-		c.http = &http.Client{Timeout: defaultHTTPTimeout}
+	c := &Client{http: provider.NoRedirects(opts.HTTPClient), clock: opts.Clock, observe: opts.Observe,
+		usage: opts.UsageThreshold, slowUntil: map[string]time.Time{}}
+	if c.usage <= 0 {
+		c.usage = DefaultUsageThreshold
 	}
 	if c.clock == nil {
 		c.clock = clock.RealClock{}
@@ -173,13 +195,22 @@ func (c *Client) Bootstrap(ctx context.Context, req provider.Request, grant stri
 	creds := req.Credentials
 	input := creds.Get(KeyAccessToken)
 
+	pageID, err := pageIDOf(req.Spec)
+	if err != nil {
+		return nil, err
+	}
 	tok, err := c.debugToken(ctx, version, creds, input)
 	if err != nil {
 		return nil, err
 	}
 	tok.AccessToken = input
+	if pageID != "" && (tok.Type == TypePage || tok.Type == TypeApp) {
+		return nil, &provider.Error{Kind: provider.KindConfiguration, Reason: "PageIDNeedsUserToken", Op: "bootstrap",
+			Message: "spec.facebook.pageID is set, so credentials key access_token must hold the user or system-user token the Page token is derived from, not a " +
+				tok.Type + " token: put a long-lived user token or a system-user token with a role on the Page there, or remove spec.facebook.pageID to publish this token as is"}
+	}
 	if tok.Type != TypeUserShortLived {
-		return tok, nil
+		return c.withPage(ctx, version, creds, pageID, tok, "")
 	}
 
 	// Short-lived user token: exchange it at once.
@@ -207,7 +238,7 @@ func (c *Client) Bootstrap(ctx context.Context, req provider.Request, grant stri
 		if ex.hasExpiresIn {
 			// The expiry is known; the rest was learnt from the
 			// short-lived token of the same user and app.
-			return out, nil
+			return c.withPage(ctx, version, creds, pageID, out, "")
 		}
 		return nil, derr
 	}
@@ -217,7 +248,7 @@ func (c *Client) Bootstrap(ctx context.Context, req provider.Request, grant stri
 	}
 	out.DataAccessExpiresAt = t2.DataAccessExpiresAt
 	out.Scopes = t2.Scopes
-	return out, nil
+	return c.withPage(ctx, version, creds, pageID, out, "")
 }
 
 // Refresh implements provider.Provider. It is meant for expiring
@@ -276,6 +307,16 @@ func (c *Client) Refresh(ctx context.Context, req provider.Request, current *pro
 	if out.Type == TypeSystemUserExpiring {
 		out.Refreshable = true
 	}
+	pageID, err := pageIDOf(req.Spec)
+	if err != nil {
+		return nil, err
+	}
+	// The new token is issued already: a failure to derive its Page token
+	// must not lose it, so the previous Page token (which lives until the
+	// old token's own expiry) stays published and the next probe retries.
+	if pt, perr := c.withPage(ctx, version, creds, pageID, out, ""); perr == nil {
+		return pt, nil
+	}
 	return out, nil
 }
 
@@ -292,8 +333,15 @@ func (c *Client) Probe(ctx context.Context, req provider.Request, current *provi
 	if err != nil {
 		return nil, err
 	}
+	pageID, err := pageIDOf(req.Spec)
+	if err != nil {
+		return nil, err
+	}
 	t, err := c.debugToken(ctx, version, req.Credentials, current.AccessToken)
 	if err != nil {
+		if pageID != "" {
+			return nil, userTokenFailed(err, pageID)
+		}
 		return nil, err
 	}
 	out := copyToken(current)
@@ -303,7 +351,7 @@ func (c *Client) Probe(ctx context.Context, req provider.Request, current *provi
 	out.Scopes = t.Scopes
 	out.Type = t.Type
 	out.Refreshable = t.Refreshable
-	return out, nil
+	return c.withPage(ctx, version, req.Credentials, pageID, out, current.PublishedAccessToken)
 }
 
 // extended reports whether next expires meaningfully later than cur.
@@ -389,18 +437,13 @@ func (c *Client) get(ctx context.Context, op, version, path string, q url.Values
 		c.observeReq(op, 0, start)
 		return nil, provider.TransportError(op, err)
 	}
-	defer func() {
-		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxBodyBytes))
-		_ = resp.Body.Close()
-	}()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBodyBytes+1))
+	body, perr := provider.ReadBody(ProviderName, op, resp)
 	c.observeReq(op, resp.StatusCode, start)
-	if err != nil {
-		return nil, provider.TransportError(op, err)
+	if perr != nil {
+		return nil, perr
 	}
-	if len(body) > maxBodyBytes {
-		return nil, &provider.Error{Kind: provider.KindTransient, Reason: "ResponseTooLarge", Op: op, HTTPStatus: resp.StatusCode,
-			Message: "Facebook's answer is larger than 1 MiB"}
+	if provider.IsRedirect(resp.StatusCode) {
+		return nil, provider.RedirectError(ProviderName, op, resp.StatusCode, "--facebook-url")
 	}
 	return &response{status: resp.StatusCode, header: resp.Header, body: body}, nil
 }
@@ -458,11 +501,22 @@ func (c *Client) exchange(ctx context.Context, op, version string, creds provide
 // carried: the app secret, the app access token and the token sent. Every
 // Graph request goes through here, so none can forget a value to scrub.
 func (c *Client) call(ctx context.Context, op, version, path string, q url.Values, creds provider.Credentials, sent string) (map[string]json.RawMessage, *response, error) {
+	appID := creds.Get(KeyAppID)
+	if wait := c.heldBack(appID); wait > 0 {
+		return nil, nil, &provider.Error{Kind: provider.KindThrottled, Reason: "AppUsageHigh", Op: op, RetryAfter: wait,
+			Message: fmt.Sprintf("the Facebook app's usage (X-App-Usage) reached %.0f%% of its hourly limit, which every token of this app shares: "+
+				"calls for this app are held back for %s so the limit is not hit (raise the app's limit or spread its tokens' checks if this repeats)",
+				c.usage, wait.Round(time.Second))}
+	}
 	resp, err := c.get(ctx, op, version, path, q)
 	if err != nil {
 		return nil, nil, err
 	}
+	c.noteUsage(appID, resp.header)
 	obj, err := c.interpret(op, resp, requestScrubber(creds, sent))
+	if pe, ok := err.(*provider.Error); ok && pe.Kind == provider.KindThrottled && pe.RetryAfter > 0 && appLevelThrottle(pe.Code) {
+		c.holdBack(appID, pe.RetryAfter)
+	}
 	return obj, resp, err
 }
 
@@ -511,49 +565,63 @@ func (c *Client) interpret(op string, resp *response, sc scrubber) (map[string]j
 // --- debug_token ---
 
 type debugData struct {
-	AppID               flexString `json:"app_id"`
-	Type                string     `json:"type"`
-	Application         string     `json:"application"`
-	ExpiresAt           flexInt    `json:"expires_at"`
-	DataAccessExpiresAt flexInt    `json:"data_access_expires_at"`
-	IsValid             flexBool   `json:"is_valid"`
-	IssuedAt            *flexInt   `json:"issued_at"`
-	Scopes              []string   `json:"scopes"`
+	AppID               provider.FlexString `json:"app_id"`
+	Type                string              `json:"type"`
+	Application         string              `json:"application"`
+	ExpiresAt           flexInt             `json:"expires_at"`
+	DataAccessExpiresAt flexInt             `json:"data_access_expires_at"`
+	IsValid             flexBool            `json:"is_valid"`
+	IssuedAt            *flexInt            `json:"issued_at"`
+	Scopes              []string            `json:"scopes"`
 	GranularScopes      []struct {
 		Scope     string   `json:"scope"`
 		TargetIDs []string `json:"target_ids"`
 	} `json:"granular_scopes"`
-	UserID    flexString      `json:"user_id"`
-	ProfileID flexString      `json:"profile_id"`
-	Error     json.RawMessage `json:"error"`
+	UserID    provider.FlexString `json:"user_id"`
+	ProfileID provider.FlexString `json:"profile_id"`
+	Error     json.RawMessage     `json:"error"`
 }
 
 // debugToken introspects input and returns what it learnt as a Token
 // (AccessToken empty, ObtainedAt now), or a classified error.
 func (c *Client) debugToken(ctx context.Context, version string, creds provider.Credentials, input string) (*provider.Token, error) {
+	t, _, err := c.debug(ctx, version, creds, input)
+	return t, err
+}
+
+// debug is debugToken that also returns the raw data object.
+func (c *Client) debug(ctx context.Context, version string, creds provider.Credentials, input string) (*provider.Token, *debugData, error) {
 	appID, secret := creds.Get(KeyAppID), creds.Get(KeyAppSecret)
+	appToken := appID + "|" + secret
 	q := url.Values{}
 	q.Set("input_token", input)
-	q.Set("access_token", appID+"|"+secret)
+	q.Set("access_token", appToken)
+	// The proof is over the token in access_token, the app token here.
+	q.Set("appsecret_proof", appSecretProof(secret, appToken))
 	obj, resp, err := c.call(ctx, OpDebugToken, version, pathDebugToken, q, creds, input)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	raw, ok := obj["data"]
+	if ok && strings.TrimSpace(string(raw)) == "[]" {
+		return nil, nil, &provider.Error{Kind: provider.KindConfiguration, Reason: "DebugTokenEmpty", Op: OpDebugToken, HTTPStatus: resp.status,
+			Message: "Facebook's debug_token said nothing about the token (data is an empty list, as seen with apps in development mode): " +
+				"check that the token in credentials key access_token was issued for the app in app_id, and that the app is Live or the token's user has a role on the app; then update the credentials Secret"}
+	}
 	var d debugData
 	if !ok || json.Unmarshal(raw, &d) != nil {
-		return nil, &provider.Error{Kind: provider.KindTransient, Reason: "MalformedResponse", Op: OpDebugToken, HTTPStatus: resp.status,
+		return nil, nil, &provider.Error{Kind: provider.KindTransient, Reason: "MalformedResponse", Op: OpDebugToken, HTTPStatus: resp.status,
 			Message: "Facebook's debug_token answer has no readable data object"}
 	}
 	if !bool(d.IsValid) {
 		if ae, ok := parseAPIError(d.Error); ok {
-			return nil, c.classify(OpDebugToken, resp.status, resp.header, ae, srcDebugData, requestScrubber(creds, input))
+			return nil, nil, c.classify(OpDebugToken, resp.status, resp.header, ae, srcDebugData, requestScrubber(creds, input))
 		}
-		return nil, &provider.Error{Kind: provider.KindReauthorize, Reason: "TokenInvalid", Op: OpDebugToken, HTTPStatus: resp.status,
+		return nil, nil, &provider.Error{Kind: provider.KindReauthorize, Reason: "TokenInvalid", Op: OpDebugToken, HTTPStatus: resp.status,
 			Message: "Facebook reports the token as not valid: put a new token in credentials key access_token"}
 	}
 	if got := strings.TrimSpace(string(d.AppID)); got != "" && got != appID {
-		return nil, &provider.Error{Kind: provider.KindConfiguration, Reason: "AppMismatch", Op: OpDebugToken, HTTPStatus: resp.status,
+		return nil, nil, &provider.Error{Kind: provider.KindConfiguration, Reason: "AppMismatch", Op: OpDebugToken, HTTPStatus: resp.status,
 			Message: fmt.Sprintf("the token belongs to Facebook app %s, not to the app in credentials key app_id (%s): use a token of this app or fix app_id/app_secret",
 				safeID(got), safeID(appID))}
 	}
@@ -562,9 +630,9 @@ func (c *Client) debugToken(ctx context.Context, version string, creds provider.
 		if pe, ok := err.(*provider.Error); ok {
 			pe.HTTPStatus = resp.status
 		}
-		return nil, err
+		return nil, nil, err
 	}
-	return t, nil
+	return t, &d, nil
 }
 
 // safeID keeps an app ID printable: digits only, bounded.
@@ -623,13 +691,43 @@ func tokenFromDebug(d *debugData, now time.Time) (*provider.Token, error) {
 		return nil, &provider.Error{Kind: provider.KindTransient, Reason: "MalformedResponse", Op: OpDebugToken,
 			Message: "Facebook's debug_token answer has no token type"}
 	default:
-		return nil, &provider.Error{Kind: provider.KindConfiguration, Reason: "UnsupportedTokenType", Op: OpDebugToken,
-			Message: "unsupported Facebook token type " + strings.Map(func(r rune) rune {
-				if (r >= 'A' && r <= 'Z') || r == '_' {
-					return r
-				}
-				return -1
-			}, strings.ToUpper(d.Type)) + ": use a user, system-user, Page or app token"}
+		// Login-for-Business and WhatsApp embedded-signup tokens may say
+		// BUSINESS_INTEGRATION_SYSTEM_USER, and Meta may add more: such a
+		// token is monitored (validity and expiry from debug_token, never
+		// exchanged) and its type named in status.
+		t.Type = unknownType(d.Type)
 	}
 	return t, nil
+}
+
+// TypeUnknownPrefix starts the Type of a token whose debug_token type the
+// client does not know, followed by that type in CamelCase, for example
+// FacebookBusinessIntegrationSystemUser.
+const TypeUnknownPrefix = "Facebook"
+
+// unknownType turns a Graph token type such as BUSINESS_INTEGRATION_SYSTEM_USER
+// into a bounded CamelCase Type (FacebookBusinessIntegrationSystemUser).
+func unknownType(graphType string) string {
+	var b strings.Builder
+	b.WriteString(TypeUnknownPrefix)
+	upper := true
+	for _, r := range strings.ToUpper(strings.TrimSpace(graphType)) {
+		switch {
+		case b.Len() >= 64:
+		case r >= 'A' && r <= 'Z':
+			if !upper {
+				r += 'a' - 'A'
+			}
+			b.WriteRune(r)
+			upper = false
+		case r >= '0' && r <= '9':
+			b.WriteRune(r)
+		default:
+			upper = true
+		}
+	}
+	if b.Len() == len(TypeUnknownPrefix) {
+		b.WriteString("Unknown")
+	}
+	return b.String()
 }

@@ -534,7 +534,7 @@ func TestErrorClassification(t *testing.T) {
 		{name: "error_data as JSON string", status: 400, body: envelope(190, 460, `,"error_data":"{\"some\":\"thing\"}","error_user_title":"Session","error_user_msg":"Log in again"`),
 			kind: R, reason: "PasswordChanged", code: "190/460"},
 		{name: "error_data as object", status: 400, body: envelope(190, 459, `,"error_data":{"some":"thing"}`), kind: R, reason: "UserCheckpointed", code: "190/459"},
-		{name: "unknown code", status: 400, body: envelope(100, 0, ""), kind: T, reason: "GraphAPIError", code: "100"},
+		{name: "unknown code", status: 400, body: envelope(12345, 0, ""), kind: T, reason: "GraphAPIError", code: "12345"},
 		{name: "code as string", status: 400, body: `{"error":{"message":"x","type":"OAuthException","code":"190","error_subcode":"463"}}`, kind: R, reason: "TokenExpired", code: "190/463"},
 		{name: "80015 is not a throttle code", status: 400, body: envelope(80015, 0, ""), kind: T, reason: "GraphAPIError", code: "80015"},
 		{name: "5xx HTML", status: 502, body: "<html><body><h1>502 Bad Gateway</h1></body></html>", header: http.Header{"Content-Type": {"text/html"}},
@@ -550,7 +550,7 @@ func TestErrorClassification(t *testing.T) {
 		{name: "4 with X-App-Usage", status: 400, body: envelope(4, 0, `,"is_transient":true`), header: appUsageHeader, kind: Th, reason: "RateLimited", code: "4", retryAfter: 7 * time.Minute},
 		{name: "17 with business use case usage", status: 400, body: envelope(17, 2446079, ""), header: bucHeader, kind: Th, reason: "RateLimited", code: "17/2446079", retryAfter: 19 * time.Minute},
 		{name: "32 with Retry-After", status: 403, body: envelope(32, 0, ""), header: retryHeader, kind: Th, reason: "RateLimited", code: "32", retryAfter: 2 * time.Minute},
-		{name: "341 without headers", status: 400, body: envelope(341, 0, ""), kind: Th, reason: "RateLimited", code: "341"},
+		{name: "341 without headers", status: 400, body: envelope(341, 0, ""), kind: Th, reason: "RateLimited", code: "341", retryAfter: 15 * time.Minute},
 		{name: "613", status: 400, body: envelope(613, 0, ""), header: bucHeader, kind: Th, reason: "RateLimited", code: "613", retryAfter: 19 * time.Minute},
 		{name: "80000", status: 400, body: envelope(80000, 0, ""), header: bucHeader, kind: Th, reason: "RateLimited", code: "80000", retryAfter: 19 * time.Minute},
 		{name: "80014 usage beats Retry-After", status: 400, body: envelope(80014, 0, ""),
@@ -580,7 +580,6 @@ func TestErrorClassification(t *testing.T) {
 		{name: "debug_token without data", op: "debug_token", status: 200, body: `{"something":"else"}`, kind: T, reason: "MalformedResponse"},
 		{name: "debug_token malformed", op: "debug_token", status: 200, body: `not json`, kind: T, reason: "MalformedResponse"},
 		{name: "debug_token without type", op: "debug_token", status: 200, body: `{"data":{"app_id":"634974688087057","is_valid":true,"expires_at":0}}`, kind: T, reason: "MalformedResponse"},
-		{name: "debug_token unknown type", op: "debug_token", status: 200, body: `{"data":{"app_id":"634974688087057","type":"ROBOT","is_valid":true,"expires_at":0}}`, kind: C, reason: "UnsupportedTokenType"},
 		{name: "debug_token 5xx HTML", op: "debug_token", status: 500, body: "<html>oops</html>", kind: T, reason: "ServerError"},
 	}
 	for _, tc := range cases {
@@ -873,5 +872,42 @@ func TestNoLeakOnAnyErrorPath(t *testing.T) {
 		if err != nil && strings.Contains(err.Error(), h.srv.URL+"/v") {
 			t.Errorf("error holds a request URL: %v", err)
 		}
+	}
+}
+
+// TestRedirectsAreNotFollowed: Graph calls carry client_secret and tokens in
+// the query string; a redirect must neither be followed nor leak that URL
+// as Referer to its target.
+func TestRedirectsAreNotFollowed(t *testing.T) {
+	var mu sync.Mutex
+	var hits []string
+	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		hits = append(hits, r.Referer())
+		mu.Unlock()
+	}))
+	defer target.Close()
+	h := newHarness(t, facebookfake.Options{}, func(http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, target.URL+"/collect", http.StatusMovedPermanently)
+		})
+	})
+	tok := "EAAF" + strings.Repeat("z", 60)
+	cur := &provider.Token{AccessToken: tok, Type: facebook.TypeSystemUserExpiring, Expires: true, ExpiresAt: t0.Add(10 * day), Refreshable: true}
+	for _, call := range []func() error{
+		func() error { _, err := h.client.Refresh(context.Background(), request(tok), cur); return err },
+		func() error { _, err := h.client.Probe(context.Background(), request(tok), cur); return err },
+	} {
+		err := call()
+		var pe *provider.Error
+		if !errors.As(err, &pe) || pe.Reason != "UnexpectedRedirect" || pe.HTTPStatus != http.StatusMovedPermanently ||
+			!strings.Contains(pe.Message, "--facebook-url") || strings.Contains(pe.Error(), target.URL) {
+			t.Fatalf("got %v", err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(hits) != 0 {
+		t.Fatalf("the redirect target got %d requests", len(hits))
 	}
 }

@@ -1,13 +1,20 @@
 // Package amocrmfake is an in-memory fake of the AmoCRM (Kommo) OAuth token
 // endpoint and of GET /api/v4/account, for tests and the demo sandbox.
 //
-// It follows the project's provider protocol reference: POST /oauth2/access_token
+// It follows the project's protocol notes (docs/providers.md, with sources):
+// POST /oauth2/access_token
 // accepts JSON and form-encoded bodies, refresh tokens are single-use and
 // rotate with no grace window, authorization codes are single-use and live 20
 // minutes, errors are OAuth problem JSON bodies (hint, title, type, status,
 // detail) with no RFC 6749 "error" field, and access tokens are RS256-shaped
 // JWTs whose signature is random bytes (clients decode them without
 // verifying).
+//
+// It also serves GET /oauth2/account/current/subdomain (the account's
+// current host, asked with X-Refresh-Token), can move the account to another
+// host (requests whose Host header names the old one are then refused), and
+// can answer the account endpoint's documented non-token 401s and the 403
+// of the account's API IP allow-list.
 //
 // A Server is an http.Handler; wrap it in an httptest.Server. All methods are
 // safe for concurrent use.
@@ -20,8 +27,10 @@ import (
 	"encoding/json"
 	"io"
 	"mime"
+	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -31,8 +40,45 @@ import (
 
 // Paths served by the fake, as on a real AmoCRM account domain.
 const (
-	TokenPath   = "/oauth2/access_token"
-	AccountPath = "/api/v4/account"
+	TokenPath     = "/oauth2/access_token"
+	AccountPath   = "/api/v4/account"
+	SubdomainPath = "/oauth2/account/current/subdomain"
+)
+
+// DefaultDomain is the account host when Options.Domain is empty.
+const DefaultDomain = Subdomain + ".amocrm.ru"
+
+// RedirectMismatch is how the fake answers a redirect_uri that differs from
+// the integration's. Which one the real server gives is unconfirmed: the
+// SDK trackers report "Некорректный клиент" for it, the hint exists too.
+type RedirectMismatch int
+
+const (
+	// RedirectMismatchBadClient: 401 "Некорректный клиент" without a hint
+	// (the answer most reported in the SDK trackers). The default.
+	RedirectMismatchBadClient RedirectMismatch = iota
+	// RedirectMismatchHint: 400 with hint "Redirect URI is not associated with client".
+	RedirectMismatchHint
+)
+
+// ErrorShape is the body shape of the account endpoint's coded errors
+// (unconfirmed which the v4 endpoint uses).
+type ErrorShape int
+
+const (
+	// ShapeResponse: {"response":{"error":"..","error_code":"101","ip":"..","domain":"..","server_time":..}}. The default.
+	ShapeResponse ErrorShape = iota
+	// ShapeProblem: the v4 problem JSON with an error_code field.
+	ShapeProblem
+)
+
+// Non-token errors of the account endpoint (Kommo's error table).
+const (
+	ErrAccountNotFound = "101"
+	ErrAuthorization   = "110"
+	ErrCaptcha         = "111"
+	ErrUserDisabled    = "112"
+	ErrAnotherServer   = "another server"
 )
 
 // Hints the fake answers with (AmoCRM's own texts).
@@ -84,6 +130,14 @@ type Options struct {
 	// makes the access token issued with the consumed refresh token fail
 	// /api/v4/account at once.
 	RevokeOldAccessTokenOnRefresh bool
+	// Domain is the account host (default DefaultDomain); it sets the JWT
+	// base_domain and api_domain claims. Requests are routed by their Host
+	// header only after MoveAccount.
+	Domain string
+	// RedirectMismatch chooses the answer to a wrong redirect_uri.
+	RedirectMismatch RedirectMismatch
+	// ErrorShape chooses the body of coded account errors.
+	ErrorShape ErrorShape
 }
 
 type refreshState int
@@ -134,6 +188,12 @@ type Server struct {
 	failToken      failure
 	failAccount    failure
 	blocked        bool
+	movedCode      string
+	domain         string
+	oldDomains     map[string]bool
+	accountErr     string
+	allowList      bool
+	clientUUIDs    []string
 }
 
 // New returns a fake AmoCRM server.
@@ -159,7 +219,61 @@ func New(opts Options) *Server {
 	if opts.ClientSecret != "" {
 		s.secrets = append(s.secrets, opts.ClientSecret)
 	}
+	s.domain = opts.Domain
+	if s.domain == "" {
+		s.domain = DefaultDomain
+	}
+	s.oldDomains = map[string]bool{}
 	return s
+}
+
+// MoveAccount moves the account to newHost (such as example.kommo.com):
+// requests whose Host header names a previous host get the account
+// endpoint's "call another server" 401 (or code 101 when notFound), on
+// every path but SubdomainPath. Tokens issued afterwards carry the new
+// base_domain and api_domain.
+func (s *Server) MoveAccount(newHost string, notFound bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	code := ErrAnotherServer
+	if notFound {
+		code = ErrAccountNotFound
+	}
+	s.oldDomains[s.domain] = true
+	delete(s.oldDomains, newHost)
+	s.domain = newHost
+	s.movedCode = code
+}
+
+// Domain returns the account's current host.
+func (s *Server) Domain() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.domain
+}
+
+// SetAccountError makes /api/v4/account answer 401 with this documented
+// non-token error (ErrAccountNotFound, ErrAuthorization, ErrCaptcha,
+// ErrUserDisabled, ErrAnotherServer) for every token until cleared with "".
+func (s *Server) SetAccountError(code string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.accountErr = code
+}
+
+// SetIPAllowList makes every request get the account's API IP allow-list
+// refusal: 403 with code 113 and the caller's address.
+func (s *Server) SetIPAllowList(on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.allowList = on
+}
+
+// ClientUUIDs returns the X-Client-UUID headers received on API calls.
+func (s *Server) ClientUUIDs() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.clientUUIDs...)
 }
 
 // IssueRefreshToken mints a fresh, valid refresh token, as if a human had
@@ -290,11 +404,16 @@ func (s *Server) SetBlocked(blocked bool) {
 
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path != SubdomainPath && s.refuseHost(w, r) {
+		return
+	}
 	switch r.URL.Path {
 	case TokenPath:
 		s.serveToken(w, r)
 	case AccountPath:
 		s.serveAccount(w, r)
+	case SubdomainPath:
+		s.serveSubdomain(w, r)
 	default:
 		writeJSON(w, http.StatusNotFound, map[string]any{
 			"title": "Not Found", "type": "https://httpstatus.es/404", "status": 404, "detail": "Not Found",
@@ -353,7 +472,13 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if params.Get("redirect_uri") != s.opts.RedirectURI {
-		writeProblem(w, http.StatusBadRequest, HintRedirectURI)
+		if s.opts.RedirectMismatch == RedirectMismatchHint {
+			writeProblem(w, http.StatusBadRequest, HintRedirectURI)
+			return
+		}
+		writeJSON(w, http.StatusUnauthorized, problem{
+			Title: TitleBadClient, Type: ProblemType, Status: http.StatusUnauthorized, Detail: DetailBadClient,
+		}, nil)
 		return
 	}
 
@@ -438,9 +563,14 @@ func (s *Server) serveAccount(w http.ResponseWriter, r *http.Request) {
 		writeBlocked(w)
 		return
 	}
+	s.noteClientUUIDLocked(r)
 	if f := &s.failAccount; f.n > 0 {
 		f.n--
 		writeRaw(w, f.status, f.body, nil)
+		return
+	}
+	if s.accountErr != "" {
+		s.writeAccountErrorLocked(w, r, s.accountErr)
 		return
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -460,10 +590,103 @@ func (s *Server) serveAccount(w http.ResponseWriter, r *http.Request) {
 		}, nil)
 		return
 	}
+	sub, _, _ := strings.Cut(s.domain, ".")
 	writeJSON(w, http.StatusOK, map[string]any{
-		"id": AccountID, "name": AccountName, "subdomain": Subdomain,
+		"id": AccountID, "name": AccountName, "subdomain": sub,
 		"current_user_id": 1, "country": "RU", "currency": "RUB",
 	}, nil)
+}
+
+// refuseHost answers requests to a host the account moved away from, and
+// the IP allow-list refusal.
+func (s *Server) refuseHost(w http.ResponseWriter, r *http.Request) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.allowList {
+		s.calls["blocked"]++
+		s.writeCodedLocked(w, r, http.StatusForbidden, "113", "Доступ запрещен: IP-адрес не входит в список разрешённых")
+		return true
+	}
+	host := r.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	if !s.oldDomains[strings.ToLower(host)] {
+		return false
+	}
+	switch r.URL.Path {
+	case TokenPath:
+		s.calls["token"]++
+	case AccountPath:
+		s.calls["account"]++
+	}
+	s.calls["old_host"]++
+	s.writeAccountErrorLocked(w, r, s.movedCode)
+	return true
+}
+
+// writeAccountErrorLocked answers a documented non-token 401.
+func (s *Server) writeAccountErrorLocked(w http.ResponseWriter, r *http.Request, code string) {
+	switch code {
+	case ErrAnotherServer:
+		s.writeCodedLocked(w, r, http.StatusUnauthorized, "", "Нет информации об аккаунте на этом сервере: обратитесь к другому серверу (call another server)")
+	case ErrAccountNotFound:
+		s.writeCodedLocked(w, r, http.StatusUnauthorized, code, "Аккаунт не найден")
+	case ErrCaptcha:
+		s.writeCodedLocked(w, r, http.StatusUnauthorized, code, "Требуется ввод капчи")
+	case ErrUserDisabled:
+		s.writeCodedLocked(w, r, http.StatusUnauthorized, code, "Пользователь отключен или не состоит в аккаунте")
+	default:
+		s.writeCodedLocked(w, r, http.StatusUnauthorized, code, "Неверный логин или пароль")
+	}
+}
+
+// writeCodedLocked writes a coded error in Options.ErrorShape, with the
+// caller's address.
+func (s *Server) writeCodedLocked(w http.ResponseWriter, r *http.Request, status int, code, text string) {
+	ip, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		ip = r.RemoteAddr
+	}
+	if s.opts.ErrorShape == ShapeProblem {
+		body := map[string]any{"title": http.StatusText(status), "type": "https://httpstatus.es/" + strconv.Itoa(status), "status": status, "detail": text, "ip": ip}
+		if code != "" {
+			body["error_code"] = code
+		}
+		writeJSON(w, status, body, nil)
+		return
+	}
+	resp := map[string]any{"error": text, "ip": ip, "domain": s.domain, "server_time": s.clock.Now().Unix()}
+	if code != "" {
+		resp["error_code"] = code
+	}
+	writeJSON(w, status, map[string]any{"response": resp}, nil)
+}
+
+// serveSubdomain answers GET /oauth2/account/current/subdomain for a live
+// refresh token in X-Refresh-Token (which it does not consume).
+func (s *Server) serveSubdomain(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.calls["subdomain"]++
+	s.noteClientUUIDLocked(r)
+	rt, ok := s.refresh[r.Header.Get("X-Refresh-Token")]
+	if r.Method != http.MethodGet || !ok || rt.state != refreshLive || !s.clock.Now().Before(rt.expires) {
+		writeJSON(w, http.StatusUnauthorized, map[string]any{
+			"title": "Unauthorized", "type": "https://httpstatus.es/401", "status": 401, "detail": "Необходима авторизация",
+		}, nil)
+		return
+	}
+	sub, _, _ := strings.Cut(s.domain, ".")
+	writeJSON(w, http.StatusOK, map[string]any{
+		"id": AccountID, "subdomain": sub, "domain": s.domain, "top_level_domain": s.domain[strings.LastIndex(s.domain, ".")+1:],
+	}, nil)
+}
+
+func (s *Server) noteClientUUIDLocked(r *http.Request) {
+	if v := r.Header.Get("X-Client-UUID"); v != "" {
+		s.clientUUIDs = append(s.clientUUIDs, v)
+	}
 }
 
 func (s *Server) newRefreshTokenLocked(access string) string {
@@ -486,11 +709,11 @@ func (s *Server) newJWT(iat, exp time.Time) string {
 		"sub":         "1",
 		"grant_type":  "",
 		"account_id":  AccountID,
-		"base_domain": "amocrm.ru",
+		"base_domain": s.domain[strings.Index(s.domain, ".")+1:],
 		"version":     2,
 		"scopes":      []string{"push_notifications", "files", "crm", "files_delete", "notifications"},
 		"hash_uuid":   randomHex(16),
-		"api_domain":  "api-b.amocrm.ru",
+		"api_domain":  "api-b." + s.domain[strings.Index(s.domain, ".")+1:],
 	}
 	h, _ := json.Marshal(header)
 	c, _ := json.Marshal(claims)

@@ -247,12 +247,12 @@ func TestTokenEndpointErrors(t *testing.T) {
 				p := refreshParams(e.fake.CurrentRefreshToken())
 				delete(p, "redirect_uri")
 				return p
-			}(), nil, 400, HintRedirectURI, TitleBadRequest},
+			}(), nil, 401, "", TitleBadClient},
 			{"other redirect", func() map[string]string {
 				p := refreshParams(e.fake.CurrentRefreshToken())
 				p["redirect_uri"] = redirectURI + "/"
 				return p
-			}(), nil, 400, HintRedirectURI, TitleBadRequest},
+			}(), nil, 401, "", TitleBadClient},
 		}
 		for _, tc := range cases {
 			if tc.prep != nil {
@@ -437,5 +437,121 @@ func TestConcurrentRefreshSingleUse(t *testing.T) {
 	}
 	if ok != 1 || e.fake.ReusedRefreshTokens() != n-1 {
 		t.Fatalf("successes=%d reused=%d, want 1 and %d", ok, e.fake.ReusedRefreshTokens(), n-1)
+	}
+}
+
+func (e *env) get(t *testing.T, host, path string, header map[string]string) answer {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, e.srv.URL+path, nil)
+	if host != "" {
+		req.Host = host
+	}
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return readAnswer(t, resp)
+}
+
+func TestMoveAccountAndSubdomainLookup(t *testing.T) {
+	e := newEnv(t, nil)
+	code := e.fake.IssueAuthorizationCode()
+	first := e.postJSON(t, map[string]string{"client_id": clientID, "client_secret": clientSecret, "grant_type": "authorization_code", "code": code, "redirect_uri": redirectURI})
+	rt, _ := first.json["refresh_token"].(string)
+	at, _ := first.json["access_token"].(string)
+	e.fake.MoveAccount("example.kommo.com", false)
+	if e.fake.Domain() != "example.kommo.com" {
+		t.Fatal(e.fake.Domain())
+	}
+	a := e.get(t, "example.amocrm.ru", AccountPath, map[string]string{"Authorization": "Bearer " + at})
+	resp, _ := a.json["response"].(map[string]any)
+	if a.status != 401 || resp == nil || !strings.Contains(resp["error"].(string), "another server") || resp["ip"] != "127.0.0.1" {
+		t.Fatalf("old host: %d %s", a.status, a.raw)
+	}
+	if a := e.get(t, "example.kommo.com", AccountPath, map[string]string{"Authorization": "Bearer " + at}); a.status != 200 || a.json["subdomain"] != "example" {
+		t.Fatalf("new host: %d %s", a.status, a.raw)
+	}
+	a = e.get(t, "api-b.amocrm.ru", SubdomainPath, map[string]string{"X-Refresh-Token": rt})
+	if a.status != 200 || a.json["domain"] != "example.kommo.com" || a.json["subdomain"] != "example" || a.json["top_level_domain"] != "com" || num(a.json["id"]) != AccountID {
+		t.Fatalf("subdomain lookup: %d %s", a.status, a.raw)
+	}
+	if e.fake.CurrentRefreshToken() != rt {
+		t.Fatal("the lookup must not consume the refresh token")
+	}
+	if a := e.get(t, "", SubdomainPath, map[string]string{"X-Refresh-Token": "nope"}); a.status != 401 {
+		t.Fatalf("lookup with an unknown refresh token: %d", a.status)
+	}
+	// Tokens issued after the move carry the new base domain.
+	next := e.postJSON(t, refreshParams(rt))
+	claims := jwtClaims(t, next.json["access_token"].(string))
+	if claims["base_domain"] != "kommo.com" || claims["api_domain"] != "api-b.kommo.com" {
+		t.Fatalf("claims after the move: %v", claims)
+	}
+	e2 := newEnv(t, nil)
+	e2.fake.MoveAccount("renamed.amocrm.ru", true)
+	a = e2.get(t, "example.amocrm.ru", TokenPath, nil)
+	if resp, _ := a.json["response"].(map[string]any); a.status != 401 || resp["error_code"] != "101" {
+		t.Fatalf("old host, not found: %d %s", a.status, a.raw)
+	}
+}
+
+func num(v any) int64 {
+	f, _ := v.(float64)
+	return int64(f)
+}
+
+func jwtClaims(t *testing.T, tok string) map[string]any {
+	t.Helper()
+	parts := strings.Split(tok, ".")
+	b, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	_ = json.Unmarshal(b, &m)
+	return m
+}
+
+func TestAccountErrorsAndAllowList(t *testing.T) {
+	for _, shape := range []ErrorShape{ShapeResponse, ShapeProblem} {
+		e := newEnv(t, func(o *Options) { o.ErrorShape = shape })
+		tok := e.fake.IssueLongLivedToken(t0.Add(time.Hour))
+		for _, code := range []string{ErrAccountNotFound, ErrAuthorization, ErrCaptcha, ErrUserDisabled} {
+			e.fake.SetAccountError(code)
+			a := e.account(t, tok)
+			got := a.json["error_code"]
+			if r, ok := a.json["response"].(map[string]any); ok {
+				got = r["error_code"]
+			}
+			if a.status != 401 || got != code {
+				t.Errorf("shape %d code %s: %d %s", shape, code, a.status, a.raw)
+			}
+		}
+		e.fake.SetAccountError("")
+		if a := e.account(t, tok); a.status != 200 {
+			t.Fatalf("cleared: %d", a.status)
+		}
+		e.fake.SetIPAllowList(true)
+		a := e.account(t, tok)
+		got, ip := a.json["error_code"], a.json["ip"]
+		if r, ok := a.json["response"].(map[string]any); ok {
+			got, ip = r["error_code"], r["ip"]
+		}
+		if a.status != 403 || got != "113" || ip != "127.0.0.1" {
+			t.Errorf("allow-list: %d %s", a.status, a.raw)
+		}
+		e.fake.SetIPAllowList(false)
+	}
+}
+
+func TestRedirectMismatchHintSwitch(t *testing.T) {
+	e := newEnv(t, func(o *Options) { o.RedirectMismatch = RedirectMismatchHint })
+	p := refreshParams(e.fake.IssueRefreshToken())
+	p["redirect_uri"] = redirectURI + "/"
+	if a := e.postJSON(t, p); a.status != 400 || a.json["hint"] != HintRedirectURI {
+		t.Fatalf("hint switch: %d %s", a.status, a.raw)
 	}
 }

@@ -1,15 +1,19 @@
 // Package facebookfake is a fake Meta Graph API for tests and the demo
 // sandbox: GET /v<N>.<M>/oauth/access_token (fb_exchange_token, optionally
-// with set_token_expires_in_60_days=true) and GET /v<N>.<M>/debug_token,
-// with the paths, parameters, JSON shapes and error bodies of the real API
-// (see /work/shared/reference/providers.md).
+// with set_token_expires_in_60_days=true), GET /v<N>.<M>/debug_token and
+// GET /v<N>.<M>/{page-id}?fields=access_token, with the paths, parameters,
+// JSON shapes and error bodies of the real API, as described (with sources)
+// in the project's docs/providers.md. Where that page marks a behaviour as
+// unconfirmed, Options has a switch.
 //
 // Wrap it in an httptest.Server and point the client's BaseURL at it.
 // A Server is safe for concurrent use.
 package facebookfake
 
 import (
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -41,6 +45,20 @@ type Options struct {
 	// InvalidTokenStatus is the HTTP status of debug_token for an invalid
 	// input token: 200 or 400 (unconfirmed which); default 200.
 	InvalidTokenStatus int
+	// RequireAppSecret is the app setting "Require App Secret": calls made
+	// with a user, system-user or Page token must carry appsecret_proof
+	// (HMAC-SHA256 of that token keyed with the app secret), else code 100.
+	// A wrong proof is refused with code 100 whatever this setting.
+	RequireAppSecret bool
+	// AppTokenCallsNeedProof (unconfirmed): with RequireAppSecret, calls
+	// made with the app token (debug_token) need a proof too, computed over
+	// the app token "app_id|app_secret".
+	AppTokenCallsNeedProof bool
+	// AppCallsPerHour, when > 0, is the app's own rolling one-hour budget of
+	// app-token calls (debug_token), 200 x daily active users on the real
+	// platform. Every debug_token answer then carries X-App-Usage with
+	// call_count as a percentage of it, and calls over it get code 4.
+	AppCallsPerHour int
 }
 
 // Kind is a kind of token the fake can issue.
@@ -62,6 +80,10 @@ const (
 	// KindApp is an app token (type APP, never expires). An extra beyond
 	// the five kinds above.
 	KindApp Kind = "APP"
+	// KindBusinessIntegrationSystemUser is reported by debug_token with type
+	// BUSINESS_INTEGRATION_SYSTEM_USER (Login for Business, WhatsApp
+	// embedded signup) by some accounts; never expires here.
+	KindBusinessIntegrationSystemUser Kind = "BUSINESS_INTEGRATION_SYSTEM_USER"
 )
 
 // Operation names for Calls and FailNext.
@@ -69,14 +91,24 @@ const (
 	OpExchange   = "exchange"
 	OpRefresh    = "refresh"
 	OpDebugToken = "debug_token"
+	OpPage       = "page"
 )
 
 // DefaultShortLivedTTL is the lifetime of a KindUserShort token issued with a
 // zero expiresAt.
 const DefaultShortLivedTTL = 2 * time.Hour
 
-// ClientSecretErrorMessage is the Graph API message for a wrong app ID or secret.
+// ClientSecretErrorMessage is the Graph API message (code 1) for a wrong app secret.
 const ClientSecretErrorMessage = "Error validating client secret."
+
+// InvalidAppIDMessage is the Graph API message (code 101) for a wrong app ID.
+const InvalidAppIDMessage = "Error validating application. Invalid application ID."
+
+// Recorded messages of the appsecret_proof refusals (code 100).
+const (
+	MissingProofMessage = "API calls from the server require an appsecret_proof argument"
+	InvalidProofMessage = "Invalid appsecret_proof provided in the API argument"
+)
 
 // Recorded463Body is the 190/463 body recorded in the official PHP SDK's
 // tests, answered with HTTP 400 and Recorded463WWWAuthenticate.
@@ -92,7 +124,7 @@ const (
 	applicationName      = "tokenkeeper fake app"
 )
 
-var pathRE = regexp.MustCompile(`^(?:/(v[0-9]+\.[0-9]+))?/(oauth/access_token|debug_token)/?$`)
+var pathRE = regexp.MustCompile(`^(?:/(v[0-9]+\.[0-9]+))?/(oauth/access_token|debug_token|[0-9]{1,32})/?$`)
 
 type token struct {
 	kind       Kind
@@ -104,6 +136,13 @@ type token struct {
 	revoked    bool
 	errCode    int
 	errSubcode int
+	// graphType overrides the type debug_token reports.
+	graphType string
+	// emptyDebug: debug_token answers {"data":[]} for it.
+	emptyDebug bool
+	// parent is the user or system-user token a Page token was derived
+	// from, pageID its Page: it dies with the parent's session.
+	parent, pageID string
 }
 
 type failure struct {
@@ -125,6 +164,13 @@ type Server struct {
 	fail     map[string][]*failure
 	versions []string
 	seen     map[string]bool
+	// pages: Page ID -> tokens (parents) with a role on it.
+	pages map[string]map[string]bool
+	// pageTokens: parent + "\x00" + Page ID -> the Page token derived.
+	pageTokens map[string]string
+	appCalls   []time.Time
+	appUsage   string
+	proofs     map[string]int
 }
 
 // New returns a Server.
@@ -151,6 +197,10 @@ func New(opts Options) *Server {
 		calls:  map[string]int{},
 		fail:   map[string][]*failure{},
 		seen:   map[string]bool{},
+		pages:  map[string]map[string]bool{},
+		proofs: map[string]int{},
+
+		pageTokens: map[string]string{},
 	}
 	if s.clock == nil {
 		s.clock = clock.RealClock{}
@@ -203,6 +253,9 @@ func (s *Server) IssueToken(kind Kind, expiresAt time.Time) string {
 		t.scopes = []string{"pages_show_list", "pages_manage_posts", "pages_read_engagement"}
 	case KindApp:
 		t.userID = ""
+	case KindBusinessIntegrationSystemUser:
+		t.graphType = string(KindBusinessIntegrationSystemUser)
+		t.scopes = []string{"business_management", "whatsapp_business_management"}
 	default:
 		panic(fmt.Sprintf("facebookfake: unknown token kind %q", kind))
 	}
@@ -240,6 +293,73 @@ func (s *Server) SetTokenError(tok string, code, subcode int) {
 		s.issued = append(s.issued, tok)
 	}
 	t.errCode, t.errSubcode = code, subcode
+}
+
+// AddPage creates a Page whose Page token can be derived, with
+// GET /{page-id}?fields=access_token, by each of tokens (user or
+// system-user tokens with a role on the Page). Calling it again adds roles.
+func (s *Server) AddPage(pageID string, tokens ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pages[pageID] == nil {
+		s.pages[pageID] = map[string]bool{}
+	}
+	for _, t := range tokens {
+		s.pages[pageID][t] = true
+	}
+}
+
+// RemovePageRole takes token's role on the Page away: Page tokens derived
+// from it fail with 190/492, and deriving one answers without access_token.
+func (s *Server) RemovePageRole(pageID, token string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.pages[pageID], token)
+}
+
+// PageToken returns the Page token last derived from parent for pageID, or "".
+func (s *Server) PageToken(parent, pageID string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pageTokens[parent+"\x00"+pageID]
+}
+
+// SetEmptyDebugData makes debug_token answer {"data":[]} for token, as seen
+// with apps in development mode.
+func (s *Server) SetEmptyDebugData(token string, empty bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if t, ok := s.tokens[token]; ok {
+		t.emptyDebug = empty
+	}
+}
+
+// SetAppUsage makes every answer carry X-App-Usage with these percentages
+// (call_count, total_cputime, total_time); all zero removes the header.
+// Options.AppCallsPerHour, when set, computes call_count itself.
+func (s *Server) SetAppUsage(callCount, totalCPUTime, totalTime int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if callCount == 0 && totalCPUTime == 0 && totalTime == 0 {
+		s.appUsage = ""
+		return
+	}
+	s.appUsage = fmt.Sprintf(`{"call_count":%d,"total_cputime":%d,"total_time":%d}`, callCount, totalCPUTime, totalTime)
+}
+
+// Proofs counts requests by op that carried a correct appsecret_proof.
+func (s *Server) Proofs(op string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.proofs[op]
+}
+
+// Proof is appsecret_proof for token: hex HMAC-SHA256 of the token keyed
+// with the app secret.
+func Proof(appSecret, token string) string {
+	m := hmac.New(sha256.New, []byte(appSecret))
+	m.Write([]byte(token))
+	return hex.EncodeToString(m.Sum(nil))
 }
 
 // Calls returns how many requests of op ("exchange", "refresh",
@@ -302,11 +422,15 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	op := OpDebugToken
-	if endpoint == "oauth/access_token" {
+	switch endpoint {
+	case "oauth/access_token":
 		op = OpExchange
 		if r.Form.Get("set_token_expires_in_60_days") == "true" {
 			op = OpRefresh
 		}
+	case "debug_token":
+	default:
+		op = OpPage
 	}
 
 	s.mu.Lock()
@@ -316,6 +440,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.versions = append(s.versions, version)
 	}
 	s.calls[op]++
+	if s.appUsage != "" {
+		w.Header().Set("X-App-Usage", s.appUsage)
+	}
 	if q := s.fail[op]; len(q) > 0 {
 		f := q[0]
 		f.n--
@@ -344,11 +471,95 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, http.StatusBadRequest, 100, 0, "Unsupported "+r.Method+" request.")
 		return
 	}
-	if op == OpDebugToken {
+	switch op {
+	case OpDebugToken:
+		if s.appBudgetLocked(w) {
+			return
+		}
 		s.debugTokenLocked(w, r)
+	case OpPage:
+		if !s.proofOKLocked(w, r, op, r.Form.Get("access_token"), true) {
+			return
+		}
+		s.pageLocked(w, r, endpoint)
+	default:
+		s.exchangeLocked(w, r, op == OpRefresh)
+	}
+}
+
+// appBudgetLocked counts an app-token call against Options.AppCallsPerHour
+// and sets X-App-Usage; it answers code 4 and reports true when over it.
+func (s *Server) appBudgetLocked(w http.ResponseWriter) bool {
+	if s.opts.AppCallsPerHour <= 0 {
+		return false
+	}
+	now := s.clock.Now()
+	kept := s.appCalls[:0]
+	for _, t := range s.appCalls {
+		if now.Sub(t) < time.Hour {
+			kept = append(kept, t)
+		}
+	}
+	s.appCalls = append(kept, now)
+	pct := len(s.appCalls) * 100 / s.opts.AppCallsPerHour
+	w.Header().Set("X-App-Usage", fmt.Sprintf(`{"call_count":%d,"total_cputime":1,"total_time":1}`, pct))
+	if len(s.appCalls) > s.opts.AppCallsPerHour {
+		s.writeError(w, http.StatusForbidden, 4, 0, s.errorMessage(4, 0, nil, now))
+		return true
+	}
+	return false
+}
+
+// proofOKLocked checks appsecret_proof over token: a wrong proof is always
+// refused, a missing one when the app requires it (and needed is true).
+func (s *Server) proofOKLocked(w http.ResponseWriter, r *http.Request, op, token string, needed bool) bool {
+	got := r.Form.Get("appsecret_proof")
+	switch {
+	case got == "" && s.opts.RequireAppSecret && needed:
+		s.writeTypedError(w, http.StatusBadRequest, "GraphMethodException", 100, 0, MissingProofMessage)
+		return false
+	case got == "":
+		return true
+	case !hmac.Equal([]byte(got), []byte(Proof(s.opts.AppSecret, token))):
+		s.writeTypedError(w, http.StatusBadRequest, "GraphMethodException", 100, 0, InvalidProofMessage)
+		return false
+	}
+	s.proofs[op]++
+	return true
+}
+
+// pageLocked answers GET /{page-id}?fields=access_token with the caller's
+// token: the Page token when the caller has a role on the Page, else the
+// Page without access_token (unconfirmed: the real API may answer an error).
+func (s *Server) pageLocked(w http.ResponseWriter, r *http.Request, pageID string) {
+	caller := r.Form.Get("access_token")
+	t, now, ok := s.usableLocked(w, caller)
+	if !ok {
 		return
 	}
-	s.exchangeLocked(w, r, op == OpRefresh)
+	roles, exists := s.pages[pageID]
+	if !exists {
+		s.writeError(w, http.StatusBadRequest, 100, 33, "Unsupported get request. Object with ID '"+pageID+"' does not exist, cannot be loaded due to missing permissions, or does not support this operation.")
+		return
+	}
+	resp := map[string]any{"id": pageID}
+	if r.Form.Get("fields") == "access_token" && roles[caller] && t.kind != KindPage && t.kind != KindApp {
+		key := caller + "\x00" + pageID
+		pt, ok := s.pageTokens[key]
+		if old := s.tokens[pt]; !ok || old == nil || old.errCode != 0 || old.revoked {
+			// None yet, or the last one was invalidated on its own: a new one.
+			p := &token{kind: KindPage, issuedAt: now, userID: t.userID, parent: caller, pageID: pageID,
+				dataAccess: t.dataAccess, scopes: []string{"pages_show_list", "pages_manage_posts", "pages_read_engagement"}}
+			if t.kind == KindUserShort {
+				// A Page token from a short-lived user token is short-lived too.
+				p.expiresAt = t.expiresAt
+			}
+			pt = s.addLocked(p)
+			s.pageTokens[key] = pt
+		}
+		resp["access_token"] = pt
+	}
+	writeJSON(w, http.StatusOK, resp)
 }
 
 func (s *Server) exchangeLocked(w http.ResponseWriter, r *http.Request, refresh bool) {
@@ -357,7 +568,11 @@ func (s *Server) exchangeLocked(w http.ResponseWriter, r *http.Request, refresh 
 		s.writeError(w, http.StatusBadRequest, 100, 0, "Unsupported grant_type")
 		return
 	}
-	if f.Get("client_id") != s.opts.AppID || f.Get("client_secret") != s.opts.AppSecret {
+	if f.Get("client_id") != s.opts.AppID {
+		s.writeError(w, http.StatusBadRequest, 101, 0, InvalidAppIDMessage)
+		return
+	}
+	if f.Get("client_secret") != s.opts.AppSecret {
 		s.writeError(w, http.StatusBadRequest, 1, 0, ClientSecretErrorMessage)
 		return
 	}
@@ -366,19 +581,8 @@ func (s *Server) exchangeLocked(w http.ResponseWriter, r *http.Request, refresh 
 		s.writeError(w, http.StatusBadRequest, 100, 0, "(#100) The parameter fb_exchange_token is required")
 		return
 	}
-	t, ok := s.tokens[in]
+	t, now, ok := s.usableLocked(w, in)
 	if !ok {
-		s.writeError(w, http.StatusBadRequest, 190, 0, "Invalid OAuth access token - Cannot parse access token")
-		return
-	}
-	now := s.clock.Now()
-	if code, sub, bad := s.invalidLocked(t, now); bad {
-		if code == 190 && sub == 463 {
-			w.Header().Set("WWW-Authenticate", Recorded463WWWAuthenticate)
-			writeJSONRaw(w, http.StatusBadRequest, Recorded463Body)
-			return
-		}
-		s.writeError(w, http.StatusBadRequest, code, sub, s.errorMessage(code, sub, t, now))
 		return
 	}
 
@@ -410,6 +614,27 @@ func (s *Server) exchangeLocked(w http.ResponseWriter, r *http.Request, refresh 
 	writeJSON(w, http.StatusOK, resp)
 }
 
+// usableLocked returns the token tok when it is known and valid; otherwise
+// it answers the error envelope (the recorded body for 190/463).
+func (s *Server) usableLocked(w http.ResponseWriter, tok string) (*token, time.Time, bool) {
+	now := s.clock.Now()
+	t, ok := s.tokens[tok]
+	if !ok {
+		s.writeError(w, http.StatusBadRequest, 190, 0, "Invalid OAuth access token - Cannot parse access token")
+		return nil, now, false
+	}
+	if code, sub, bad := s.invalidLocked(t, now); bad {
+		if code == 190 && sub == 463 {
+			w.Header().Set("WWW-Authenticate", Recorded463WWWAuthenticate)
+			writeJSONRaw(w, http.StatusBadRequest, Recorded463Body)
+			return nil, now, false
+		}
+		s.writeError(w, http.StatusBadRequest, code, sub, s.errorMessage(code, sub, t, now))
+		return nil, now, false
+	}
+	return t, now, true
+}
+
 type debugError struct {
 	Code    int    `json:"code"`
 	Message string `json:"message"`
@@ -438,8 +663,13 @@ type debugData struct {
 
 func (s *Server) debugTokenLocked(w http.ResponseWriter, r *http.Request) {
 	f := r.Form
-	if f.Get("access_token") != s.opts.AppID+"|"+s.opts.AppSecret {
+	appToken := s.opts.AppID + "|" + s.opts.AppSecret
+	if f.Get("access_token") != appToken {
 		s.writeError(w, http.StatusBadRequest, 190, 0, "Invalid OAuth access token signature.")
+		return
+	}
+	// The app token is checked first, then its proof.
+	if !s.proofOKLocked(w, r, OpDebugToken, appToken, s.opts.AppTokenCallsNeedProof) {
 		return
 	}
 	in := f.Get("input_token")
@@ -456,10 +686,18 @@ func (s *Server) debugTokenLocked(w http.ResponseWriter, r *http.Request) {
 		}})
 		return
 	}
+	if t.emptyDebug {
+		writeJSONRaw(w, http.StatusOK, `{"data":[]}`)
+		return
+	}
 	now := s.clock.Now()
+	gt := graphType(t.kind)
+	if t.graphType != "" {
+		gt = t.graphType
+	}
 	d := debugData{
 		AppID:       s.opts.AppID,
-		Type:        graphType(t.kind),
+		Type:        gt,
 		Application: applicationName,
 		IsValid:     true,
 		Scopes:      append([]string{}, t.scopes...),
@@ -480,6 +718,9 @@ func (s *Server) debugTokenLocked(w http.ResponseWriter, r *http.Request) {
 	}
 	if t.kind == KindPage {
 		d.ProfileID = "1" + t.userID[1:]
+		if t.pageID != "" {
+			d.ProfileID = t.pageID
+		}
 	}
 	status := http.StatusOK
 	if code, sub, bad := s.invalidLocked(t, now); bad {
@@ -499,6 +740,20 @@ func (s *Server) invalidLocked(t *token, now time.Time) (code, subcode int, bad 
 		return 190, 467, true
 	case !t.expiresAt.IsZero() && !now.Before(t.expiresAt):
 		return 190, 463, true
+	case t.parent != "":
+		// A Page token dies with its user's session (not with the user
+		// token's expiry) and with the user's role on the Page.
+		if p := s.tokens[t.parent]; p != nil {
+			if p.errCode != 0 {
+				return p.errCode, p.errSubcode, true
+			}
+			if p.revoked {
+				return 190, 467, true
+			}
+		}
+		if !s.pages[t.pageID][t.parent] {
+			return 190, 492, true
+		}
 	}
 	return 0, 0, false
 }
@@ -536,6 +791,16 @@ func (s *Server) errorMessage(code, subcode int, t *token, now time.Time) string
 			return "(#613) Calls to this api have exceeded the rate limit."
 		case 1:
 			return "An unknown error occurred"
+		case 3:
+			return "(#3) Application does not have the capability to make this API call."
+		case 100:
+			return "(#100) Invalid parameter"
+		case 101:
+			return InvalidAppIDMessage
+		case 341:
+			return "(#341) Application limit reached"
+		case 368:
+			return "(#368) The action attempted has been deemed abusive or is otherwise disallowed"
 		case 2:
 			return "An unexpected error has occurred. Please retry your request later."
 		}
@@ -582,11 +847,15 @@ type errorBody struct {
 
 // writeError answers the {"error":{...}} envelope.
 func (s *Server) writeError(w http.ResponseWriter, status, code, subcode int, msg string) {
+	s.writeTypedError(w, status, "OAuthException", code, subcode, msg)
+}
+
+func (s *Server) writeTypedError(w http.ResponseWriter, status int, typ string, code, subcode int, msg string) {
 	if code == 190 {
 		w.Header().Set("WWW-Authenticate", `OAuth "Facebook Platform" "invalid_token" "`+msg+`"`)
 	}
 	writeJSON(w, status, map[string]any{"error": errorBody{
-		Message: msg, Type: "OAuthException", Code: code, ErrorSubcode: subcode,
+		Message: msg, Type: typ, Code: code, ErrorSubcode: subcode,
 		FBTraceID: randomAlnum(11),
 	}})
 }

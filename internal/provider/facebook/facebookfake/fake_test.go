@@ -268,15 +268,20 @@ func TestRevokeAndSetTokenError(t *testing.T) {
 func TestAppCredentialChecks(t *testing.T) {
 	e := newEnv(t, facebookfake.Options{})
 	tok := e.fake.IssueToken(facebookfake.KindUserShort, time.Time{})
-	for _, mutate := range []func(url.Values){
-		func(q url.Values) { q.Set("client_secret", "wrong") },
-		func(q url.Values) { q.Set("client_id", "42") },
+	for _, tc := range []struct {
+		mutate func(url.Values)
+		code   int64
+		msg    string
+	}{
+		{func(q url.Values) { q.Set("client_secret", "wrong") }, 1, "Error validating client secret."},
+		// A wrong app ID is code 101, not code 1.
+		{func(q url.Values) { q.Set("client_id", "42") }, 101, "Error validating application. Invalid application ID."},
 	} {
 		q := exchangeQuery(tok, false)
-		mutate(q)
+		tc.mutate(q)
 		r := e.get("/v25.0/oauth/access_token", q)
 		eo := errObj(t, r)
-		if r.status != 400 || eo["message"] != "Error validating client secret." || num(eo["code"]) != 1 || eo["type"] != "OAuthException" || eo["fbtrace_id"] == "" {
+		if r.status != 400 || eo["message"] != tc.msg || num(eo["code"]) != tc.code || eo["type"] != "OAuthException" || eo["fbtrace_id"] == "" {
 			t.Errorf("wrong app credentials: %d %s", r.status, r.body)
 		}
 	}
@@ -373,5 +378,152 @@ func TestConcurrentUse(t *testing.T) {
 	}
 	if !strings.HasPrefix(toks[0], "EAA") {
 		t.Errorf("token %q does not look like a Facebook token", toks[0][:8])
+	}
+}
+
+// TestRequireAppSecret: with "Require App Secret", a call with a user token
+// and no proof, or a wrong proof, is refused with code 100; the app-token
+// call (debug_token) needs one only under the unconfirmed switch.
+func TestRequireAppSecret(t *testing.T) {
+	for _, appTokenNeedsProof := range []bool{false, true} {
+		e := newEnv(t, facebookfake.Options{RequireAppSecret: true, AppTokenCallsNeedProof: appTokenNeedsProof})
+		user := e.fake.IssueToken(facebookfake.KindSystemUserNonExpiring, time.Time{})
+		e.fake.AddPage("1234567890", user)
+		page := func(proof string) result {
+			q := url.Values{"fields": {"access_token"}, "access_token": {user}}
+			if proof != "" {
+				q.Set("appsecret_proof", proof)
+			}
+			return e.get("/v26.0/1234567890", q)
+		}
+		r := page("")
+		if eo := errObj(t, r); r.status != 400 || num(eo["code"]) != 100 || eo["message"] != facebookfake.MissingProofMessage || eo["type"] != "GraphMethodException" {
+			t.Errorf("missing proof: %d %s", r.status, r.body)
+		}
+		r = page(facebookfake.Proof("wrong-secret", user))
+		if eo := errObj(t, r); num(eo["code"]) != 100 || eo["message"] != facebookfake.InvalidProofMessage {
+			t.Errorf("wrong proof: %d %s", r.status, r.body)
+		}
+		r = page(facebookfake.Proof(appSecret, user))
+		if r.status != 200 || r.json["access_token"] == nil || r.json["id"] != "1234567890" {
+			t.Errorf("right proof: %d %s", r.status, r.body)
+		}
+		if e.fake.Proofs(facebookfake.OpPage) != 1 {
+			t.Errorf("proofs counted: %d", e.fake.Proofs(facebookfake.OpPage))
+		}
+
+		appToken := appID + "|" + appSecret
+		r = e.debug(user)
+		if appTokenNeedsProof {
+			if eo := errObj(t, r); num(eo["code"]) != 100 {
+				t.Errorf("debug_token without proof (switch on): %d %s", r.status, r.body)
+			}
+		} else if r.status != 200 {
+			t.Errorf("debug_token without proof (switch off): %d %s", r.status, r.body)
+		}
+		r = e.get("/v26.0/debug_token", url.Values{"input_token": {user}, "access_token": {appToken}, "appsecret_proof": {facebookfake.Proof(appSecret, appToken)}})
+		if r.status != 200 || data(t, r)["is_valid"] != true {
+			t.Errorf("debug_token with a proof over the app token: %d %s", r.status, r.body)
+		}
+		// A proof over input_token instead of the app token is wrong.
+		r = e.get("/v26.0/debug_token", url.Values{"input_token": {user}, "access_token": {appToken}, "appsecret_proof": {facebookfake.Proof(appSecret, user)}})
+		if eo := errObj(t, r); num(eo["code"]) != 100 || eo["message"] != facebookfake.InvalidProofMessage {
+			t.Errorf("debug_token with a proof over input_token: %d %s", r.status, r.body)
+		}
+	}
+}
+
+// TestPageToken: a Page token derived from a system-user token does not
+// expire, reports type PAGE with profile_id = the Page, and dies with the
+// user's session or Page role, not with the user token's expiry.
+func TestPageToken(t *testing.T) {
+	e := newEnv(t, facebookfake.Options{})
+	user := e.fake.IssueToken(facebookfake.KindUserLong, t0.Add(60*day))
+	other := e.fake.IssueToken(facebookfake.KindUserLong, t0.Add(60*day))
+	e.fake.AddPage("555", user)
+	derive := func(tok string) result {
+		return e.get("/v26.0/555", url.Values{"fields": {"access_token"}, "access_token": {tok}})
+	}
+	r := derive(user)
+	pt, _ := r.json["access_token"].(string)
+	if r.status != 200 || pt == "" || pt != e.fake.PageToken(user, "555") {
+		t.Fatalf("derive: %d %s", r.status, r.body)
+	}
+	if r2 := derive(user); r2.json["access_token"] != pt {
+		t.Error("deriving again must give the same Page token")
+	}
+	d := data(t, e.debug(pt))
+	if d["type"] != "PAGE" || d["profile_id"] != "555" || num(d["expires_at"]) != 0 || d["is_valid"] != true {
+		t.Errorf("page debug: %v", d)
+	}
+	if r := derive(other); r.status != 200 || r.json["access_token"] != nil {
+		t.Errorf("a user without a role gets no access_token: %d %s", r.status, r.body)
+	}
+	if r := e.get("/v26.0/999", url.Values{"fields": {"access_token"}, "access_token": {user}}); num(errObj(t, r)["code"]) != 100 || num(errObj(t, r)["error_subcode"]) != 33 {
+		t.Errorf("unknown page: %d %s", r.status, r.body)
+	}
+	// The user token's expiry does not kill the Page token.
+	e.clk.Step(61 * day)
+	if d := data(t, e.debug(pt)); d["is_valid"] != true {
+		t.Errorf("page token after the user token expired: %v", d)
+	}
+	// A password change does.
+	e.fake.SetTokenError(user, 190, 460)
+	if d := data(t, e.debug(pt)); d["is_valid"] != false || num(d["error"].(map[string]any)["subcode"]) != 460 {
+		t.Errorf("page token after password change: %v", d)
+	}
+	e.fake.SetTokenError(user, 0, 0)
+	e.fake.RemovePageRole("555", user)
+	if d := data(t, e.debug(pt)); d["is_valid"] != false || num(d["error"].(map[string]any)["subcode"]) != 492 {
+		t.Errorf("page token after the role was removed: %v", d)
+	}
+	e.fake.AddPage("555", user)
+	e.fake.Revoke(user)
+	if d := data(t, e.debug(pt)); d["is_valid"] != false || num(d["error"].(map[string]any)["subcode"]) != 467 {
+		t.Errorf("page token after the user token was revoked: %v", d)
+	}
+}
+
+func TestUnknownTypeAndEmptyDebugData(t *testing.T) {
+	e := newEnv(t, facebookfake.Options{})
+	tok := e.fake.IssueToken(facebookfake.KindBusinessIntegrationSystemUser, time.Time{})
+	if d := data(t, e.debug(tok)); d["type"] != "BUSINESS_INTEGRATION_SYSTEM_USER" || d["is_valid"] != true || num(d["expires_at"]) != 0 {
+		t.Errorf("business integration token: %v", d)
+	}
+	e.fake.SetEmptyDebugData(tok, true)
+	if r := e.debug(tok); r.status != 200 || strings.TrimSpace(r.body) != `{"data":[]}` {
+		t.Errorf("empty debug data: %d %s", r.status, r.body)
+	}
+}
+
+// TestAppUsage: X-App-Usage on every answer, and the app's own budget of
+// app-token calls: call_count grows with each debug_token, code 4 over it.
+func TestAppUsage(t *testing.T) {
+	e := newEnv(t, facebookfake.Options{AppCallsPerHour: 4})
+	tok := e.fake.IssueToken(facebookfake.KindSystemUserNonExpiring, time.Time{})
+	for i, want := range []string{"25", "50", "75", "100"} {
+		r := e.debug(tok)
+		if r.status != 200 || !strings.Contains(r.header.Get("X-App-Usage"), `"call_count":`+want+`,`) {
+			t.Fatalf("call %d: %d %q", i, r.status, r.header.Get("X-App-Usage"))
+		}
+	}
+	r := e.debug(tok)
+	if eo := errObj(t, r); num(eo["code"]) != 4 || r.header.Get("X-App-Usage") == "" {
+		t.Fatalf("over budget: %d %s", r.status, r.body)
+	}
+	e.clk.Step(time.Hour + time.Second)
+	if r := e.debug(tok); r.status != 200 {
+		t.Fatalf("after an hour: %d %s", r.status, r.body)
+	}
+
+	e2 := newEnv(t, facebookfake.Options{})
+	e2.fake.SetAppUsage(91, 10, 20)
+	tok2 := e2.fake.IssueToken(facebookfake.KindSystemUserNonExpiring, time.Time{})
+	if h := e2.exchange(tok2, false).header.Get("X-App-Usage"); h != `{"call_count":91,"total_cputime":10,"total_time":20}` {
+		t.Fatalf("X-App-Usage %q", h)
+	}
+	e2.fake.SetAppUsage(0, 0, 0)
+	if h := e2.debug(tok2).header.Get("X-App-Usage"); h != "" {
+		t.Fatalf("X-App-Usage after reset %q", h)
 	}
 }
