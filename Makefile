@@ -59,7 +59,7 @@ tools: ## Build (once) helm and promtool for the manifest tests; cached like the
 
 .PHONY: test
 test: manifests generate fmt vet tools ## Run all tests against a real control plane.
-	KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" $(GO) test $(GOTEST_FLAGS) ./...
+	KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" $(GO) test $(GOTEST_FLAGS) -v ./... 2>&1 | hack/test-summary.sh
 
 .PHONY: verify
 verify: ## Fail if generated files or formatting are out of date.

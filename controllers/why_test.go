@@ -314,3 +314,51 @@ func TestStateOfAnotherProviderIsNotAdopted(t *testing.T) {
 		t.Fatal("the provider was called with another provider's state in place")
 	}
 }
+
+// TestForcedRefreshHandledWithItsOutcome: the handled request is stored in
+// the same write as the outcome of the refresh it caused, so a forced
+// refresh whose call fails is retried by the normal back-off, not forced
+// again, and a crash before the call forces it once after the restart.
+func TestForcedRefreshHandledWithItsOutcome(t *testing.T) {
+	h := newHarness(t, amocrmfake.Options{AccessTokenTTL: 24 * time.Hour})
+	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
+	h.createAmoMT("")
+	h.reconcile()
+	base := h.amo.Calls("refresh_token")
+
+	h.annotate("force-1")
+	h.amo.FailNext(1, http.StatusInternalServerError, "<html>500</html>", nil)
+	h.reconcile()
+	if st := h.state(); st.HandledRequest != "force-1" || st.Failure == nil {
+		t.Fatalf("the handled request must be stored with the failure: %+v", st)
+	}
+	for i := 0; i < 5; i++ {
+		h.reconcile() // backing off: no forced retry
+	}
+	if got := h.amo.Calls("refresh_token") - base; got != 1 {
+		t.Fatalf("%d refresh calls, want the one forced call while backing off", got)
+	}
+
+	// A crash right before the call of the next forced refresh: after the
+	// restart it happens once.
+	h.clk.Step(time.Hour)
+	h.reconcile()
+	h.annotate("force-2")
+	h.wrapAmo(func(p *hookProvider) { p.before = func() { panic(errKilled) } })
+	if died, _ := h.reconcileCtx(h.ctx); !died {
+		t.Fatal("the crash point was not reached")
+	}
+	h.restart()
+	h.clk.Step(h.r.spendTimeout() + time.Minute)
+	calls := h.amo.Calls("refresh_token")
+	for i := 0; i < 4; i++ {
+		h.reconcile()
+	}
+	if got := h.amo.Calls("refresh_token") - calls; got != 1 {
+		t.Fatalf("%d refreshes after the restart, want exactly 1", got)
+	}
+	if h.get().Status.LastHandledRefreshRequest != "force-2" {
+		t.Fatalf("lastHandledRefreshRequest = %q", h.get().Status.LastHandledRefreshRequest)
+	}
+	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonTokenValid)
+}
