@@ -228,10 +228,7 @@ func (p *probeHook) Probe(ctx context.Context, req provider.Request, current *pr
 // another reconciler rotates RT1 to RT2 must not write RT1 back (the old
 // writeState re-read and retried on conflict, restoring a dead token).
 func TestProbeRacingRefreshNeverRestoresOldPair(t *testing.T) {
-	h := newHarness(t, amocrmfake.Options{AccessTokenTTL: 24 * time.Hour})
-	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
-	h.createAmoMT("")
-	h.reconcile()
+	h := newReadyAmoCRM(t)
 	h.clk.Step(3 * time.Hour) // a check is due, a refresh is not
 
 	other := &ManagedTokenReconciler{Client: k8sClient, APIReader: k8sClient, Scheme: scheme, Recorder: h.events, Clock: h.clk,
@@ -264,10 +261,7 @@ func TestProbeRacingRefreshNeverRestoresOldPair(t *testing.T) {
 // pair; the one that loses must neither spend the old refresh token nor halt
 // the token.
 func TestLosingRefresherNeverHalts(t *testing.T) {
-	h := newHarness(t, amocrmfake.Options{AccessTokenTTL: 24 * time.Hour})
-	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
-	h.createAmoMT("")
-	h.reconcile()
+	h := newReadyAmoCRM(t)
 	h.advancePastNextRefresh()
 	other := &ManagedTokenReconciler{Client: k8sClient, APIReader: k8sClient, Scheme: scheme, Recorder: h.events, Clock: h.clk,
 		Providers: map[tokensv1alpha1.Provider]provider.Provider{

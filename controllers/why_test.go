@@ -18,6 +18,16 @@ import (
 // The tests in this file each cover one case of issue "Rotation safety,
 // proven" that the code before the rotation protocol got wrong.
 
+// newReadyAmoCRM is a harness with a Ready AmoCRM token of 24h, obtained
+// from a refresh token in the credentials Secret.
+func newReadyAmoCRM(t *testing.T) *harness {
+	h := newHarness(t, amocrmfake.Options{AccessTokenTTL: 24 * time.Hour})
+	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
+	h.createAmoMT("")
+	h.reconcile()
+	return h
+}
+
 // followRequeues runs reconciles, moving the fake clock by each requeue,
 // until d has passed, and returns how many reconciles ran.
 func (h *harness) followRequeues(d time.Duration) int {
@@ -71,10 +81,7 @@ func TestRemovingTheConsumedGrantKeepsRefreshing(t *testing.T) {
 }
 
 func TestAccessTokenInCredentialsNeverDowngradesARefreshableToken(t *testing.T) {
-	h := newHarness(t, amocrmfake.Options{AccessTokenTTL: 24 * time.Hour})
-	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
-	h.createAmoMT("")
-	h.reconcile()
+	h := newReadyAmoCRM(t)
 	rt := h.state().Token.RefreshToken
 	// Someone pastes the current OAuth access token and removes the used
 	// refresh token.
@@ -129,10 +136,7 @@ func TestNoHotLoopBeforeCredentialsExist(t *testing.T) {
 }
 
 func TestRetryAfterBoundedByExpiry(t *testing.T) {
-	h := newHarness(t, amocrmfake.Options{AccessTokenTTL: 24 * time.Hour})
-	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
-	h.createAmoMT("")
-	h.reconcile()
+	h := newReadyAmoCRM(t)
 	h.advancePastNextRefresh()
 	expiry := h.get().Status.ExpirationTimestamp.Time
 	h.amo.FailNext(1, http.StatusTooManyRequests, "", http.Header{"Retry-After": {"86400"}})
@@ -164,10 +168,7 @@ func (h *harness) failUntil(n int32) {
 }
 
 func TestBackoffStaysExponentialAfterExpiry(t *testing.T) {
-	h := newHarness(t, amocrmfake.Options{AccessTokenTTL: 24 * time.Hour})
-	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
-	h.createAmoMT("")
-	h.reconcile()
+	h := newReadyAmoCRM(t)
 	h.clk.SetTime(h.get().Status.ExpirationTimestamp.Add(time.Hour))
 	h.failUntil(8)
 	st := h.get().Status
@@ -179,10 +180,7 @@ func TestBackoffStaysExponentialAfterExpiry(t *testing.T) {
 }
 
 func TestNewGrantEndsABackoffAtOnce(t *testing.T) {
-	h := newHarness(t, amocrmfake.Options{AccessTokenTTL: 24 * time.Hour})
-	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
-	h.createAmoMT("")
-	h.reconcile()
+	h := newReadyAmoCRM(t)
 	h.clk.SetTime(h.get().Status.ExpirationTimestamp.Add(time.Hour))
 	h.failUntil(10)
 	if nr := h.get().Status.NextRetryTime; nr == nil || nr.Sub(h.clk.Now()) < 10*time.Minute {
@@ -199,10 +197,7 @@ func TestNewGrantEndsABackoffAtOnce(t *testing.T) {
 }
 
 func TestCorruptStateIsReportedNotOverwritten(t *testing.T) {
-	h := newHarness(t, amocrmfake.Options{AccessTokenTTL: 24 * time.Hour})
-	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
-	h.createAmoMT("")
-	h.reconcile()
+	h := newReadyAmoCRM(t)
 	sec := h.secret(stateSecretName(h.mt.Name))
 	sec.Data[keyExpiresAt] = []byte("not a time")
 	if err := k8sClient.Update(h.ctx, sec); err != nil {
@@ -225,10 +220,7 @@ func TestCorruptStateIsReportedNotOverwritten(t *testing.T) {
 }
 
 func TestRejectedExtraGrantNeverHaltsAHealthyToken(t *testing.T) {
-	h := newHarness(t, amocrmfake.Options{AccessTokenTTL: 24 * time.Hour})
-	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
-	h.createAmoMT("")
-	h.reconcile()
+	h := newReadyAmoCRM(t)
 	h.amoCreds(map[string]string{"refresh_token": "a-refresh-token-the-provider-never-issued"})
 	h.reconcile()
 	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonTokenValid)
@@ -320,10 +312,7 @@ func TestStateOfAnotherProviderIsNotAdopted(t *testing.T) {
 // refresh whose call fails is retried by the normal back-off, not forced
 // again, and a crash before the call forces it once after the restart.
 func TestForcedRefreshHandledWithItsOutcome(t *testing.T) {
-	h := newHarness(t, amocrmfake.Options{AccessTokenTTL: 24 * time.Hour})
-	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
-	h.createAmoMT("")
-	h.reconcile()
+	h := newReadyAmoCRM(t)
 	base := h.amo.Calls("refresh_token")
 
 	h.annotate("force-1")
