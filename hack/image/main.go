@@ -19,8 +19,9 @@
 //
 // Output, under --out:
 //
-//	oci/                       an OCI image layout (crane push, skopeo copy oci:..., ctr import)
-//	tokenkeeper-<version>.tar  a docker-archive tarball (docker load, podman load, kind/k3d/minikube image load, crane push)
+//	oci/                       an OCI image layout; `crane push` of it keeps the digest
+//	tokenkeeper-<version>.tar  a docker-archive tarball with the same config and layer, for docker load,
+//	                           podman load and the kind, k3d and minikube image loaders
 //	digest                     the manifest digest, also printed on stdout
 package main
 
