@@ -9,6 +9,9 @@
 #                              and image.repository/image.digest set to the same image
 #   dist/SHA256SUMS            checksums of the three files above
 #
+# Every file carries the commit's time, not the build's, so running it twice
+# on one commit with the same toolchain gives the same bytes.
+#
 # Environment: VERSION (required, semantic version without a leading v),
 # IMAGE_REPO (default ghcr.io/tokenkeeper/tokenkeeper), REVISION (default: the
 # git commit, with -dirty for a modified tree), SOURCE_DATE_EPOCH (default:
@@ -81,6 +84,13 @@ grep -q "^  repository: $repo\$" "$stage/values.yaml" && grep -q "^  digest: \"$
 "$helm" package "$stage" --version "$version" --app-version "$version" --destination "$dist" >&2
 chart=tokenkeeper-$version.tgz
 [[ -f $dist/$chart ]] || die "helm package wrote no $dist/$chart"
+# helm package stamps every entry with the current time; repack with the
+# commit's time, sorted and without owner names, so the same inputs give the
+# same archive (and checksum).
+mkdir "$work/repack"
+tar -xzf "$dist/$chart" -C "$work/repack"
+(cd "$work/repack" && tar --sort=name --mtime="@$SOURCE_DATE_EPOCH" --owner=0 --group=0 --numeric-owner \
+  --mode=u=rwX,go=rX -cf - tokenkeeper | gzip -n -9) >"$dist/$chart"
 
 # 4. Checksums.
 (cd "$dist" && sha256sum install.yaml "$chart" "image/tokenkeeper-$version.tar" >SHA256SUMS)
