@@ -25,6 +25,7 @@ import (
 	"github.com/tokenkeeper/tokenkeeper/internal/provider"
 	"github.com/tokenkeeper/tokenkeeper/internal/provider/amocrm"
 	"github.com/tokenkeeper/tokenkeeper/internal/provider/facebook"
+	"github.com/tokenkeeper/tokenkeeper/internal/version"
 )
 
 const inClusterNamespaceFile = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
@@ -183,7 +184,9 @@ func run(c runConfig) error {
 	}); err != nil {
 		return err
 	}
-	ctrl.Log.WithName("setup").Info("starting manager", "leaderElection", c.leaderElect, "leaderElectionNamespace", c.leaderNS)
+	v := version.Get()
+	ctrl.Log.WithName("setup").Info("starting manager", "version", v.Version, "revision", v.Revision, "goVersion", v.GoVersion,
+		"leaderElection", c.leaderElect, "leaderElectionNamespace", c.leaderNS)
 	return mgr.Start(ctx)
 }
 

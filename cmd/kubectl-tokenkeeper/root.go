@@ -110,7 +110,7 @@ Examples:
 	cmd.SetErr(streams.ErrOut)
 	o.ConfigFlags.AddFlags(cmd.PersistentFlags())
 
-	cmd.AddCommand(newStatusCommand(o), newRefreshCommand(o), newDescribeCommand(o))
+	cmd.AddCommand(newStatusCommand(o), newRefreshCommand(o), newDescribeCommand(o), newVersionCommand(o))
 	cmd.CompletionOptions.DisableDefaultCmd = true
 	return cmd
 }

@@ -51,10 +51,11 @@ func runSuite(m *testing.M) int {
 	binDir = filepath.Join(tmp, "bin")
 	pluginBin = filepath.Join(binDir, "kubectl-tokenkeeper")
 
-	// Build the plugin while the control plane starts.
+	// Build the plugin while the control plane starts, stamped the way
+	// `make build` and `make release` stamp it.
 	built := make(chan error, 1)
 	go func() {
-		out, err := exec.Command("go", "build", "-o", pluginBin, ".").CombinedOutput()
+		out, err := exec.Command("go", "build", "-ldflags", stampFlags, "-o", pluginBin, ".").CombinedOutput()
 		if err != nil {
 			err = fmt.Errorf("go build: %v\n%s", err, out)
 		}

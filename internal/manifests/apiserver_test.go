@@ -47,20 +47,7 @@ func TestAPIServerAcceptsManifests(t *testing.T) {
 	kust := kustomize(t, "config/default")
 	chart := helmTemplate(t)
 
-	env := &envtest.Environment{
-		BinaryAssetsDirectory: tool(t, "envtest"),
-		CRDDirectoryPaths:     []string{path("config", "crd", "bases")},
-		ErrorIfCRDPathMissing: true,
-	}
-	cfg, err := env.Start()
-	if err != nil {
-		t.Fatalf("starting kube-apiserver and etcd: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := env.Stop(); err != nil {
-			t.Errorf("stopping the control plane: %v", err)
-		}
-	})
+	env, cfg := startControlPlane(t)
 	warn := &warnings{}
 	cfg = rest.CopyConfig(cfg)
 	cfg.WarningHandlerWithContext = warn
@@ -111,16 +98,8 @@ func TestAPIServerAcceptsManifests(t *testing.T) {
 
 	t.Run("kubectl apply", func(t *testing.T) {
 		// Each sample file also works on its own with plain kubectl.
-		user, err := env.ControlPlane.AddUser(envtest.User{Name: "admin", Groups: []string{"system:masters"}}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		kubeconfig, err := user.KubeConfig()
-		if err != nil {
-			t.Fatal(err)
-		}
 		kcfg := filepath.Join(t.TempDir(), "kubeconfig")
-		writeFile(t, kcfg, kubeconfig)
+		writeAdminKubeconfig(t, env, "admin", kcfg)
 		files, err := filepath.Glob(path("config", "samples", "tokens_*.yaml"))
 		if err != nil || len(files) < 2 {
 			t.Fatalf("want the Facebook and AmoCRM samples in config/samples, found %q (%v)", files, err)
@@ -189,4 +168,40 @@ func sampleObjects(t testing.TB) objects {
 		all = append(all, parseObjects(t, data)...)
 	}
 	return all
+}
+
+// startControlPlane starts kube-apiserver and etcd with the CRD installed,
+// and stops them when the test ends.
+func startControlPlane(t *testing.T) (*envtest.Environment, *rest.Config) {
+	t.Helper()
+	env := &envtest.Environment{
+		BinaryAssetsDirectory: tool(t, "envtest"),
+		CRDDirectoryPaths:     []string{path("config", "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
+	}
+	cfg, err := env.Start()
+	if err != nil {
+		t.Fatalf("starting kube-apiserver and etcd: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := env.Stop(); err != nil {
+			t.Errorf("stopping the control plane: %v", err)
+		}
+	})
+	return env, cfg
+}
+
+// writeAdminKubeconfig adds a system:masters user to the control plane and
+// writes its kubeconfig (certificates inlined) to file.
+func writeAdminKubeconfig(t *testing.T, env *envtest.Environment, user, file string) {
+	t.Helper()
+	u, err := env.ControlPlane.AddUser(envtest.User{Name: user, Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubeconfig, err := u.KubeConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, file, kubeconfig)
 }

@@ -70,7 +70,15 @@ func TestChartMatchesKustomize(t *testing.T) {
 			t.Errorf("default values render %d %s; want none", n, k)
 		}
 	}
+	checkSameOperator(t, chart, kust, "config/default")
+}
 
+// checkSameOperator checks that a rendered chart and a kustomize rendering
+// (config/default, or a release's install.yaml, named kustName in messages)
+// deploy the same operator: RBAC rules and bindings, manager args, probes,
+// resources, security contexts and the metrics Service.
+func checkSameOperator(t *testing.T, chart, kust objects, kustName string) {
+	t.Helper()
 	t.Run("rbac", func(t *testing.T) {
 		role := into[rbacv1.ClusterRole](t, readYAML(t, "config/rbac/role.yaml"))
 		chartRole := into[rbacv1.ClusterRole](t, chart.one(t, "ClusterRole", "-manager").Object)
@@ -134,11 +142,11 @@ func TestChartMatchesKustomize(t *testing.T) {
 		want := slices.Clone(kc.Args)
 		slices.Sort(want)
 		if !slices.Equal(rest, want) {
-			t.Errorf("chart args (less kube-api and concurrency flags) %q, config/default args %q", rest, want)
+			t.Errorf("chart args (less kube-api and concurrency flags) %q, %s args %q", rest, kustName, want)
 		}
 		for _, a := range []string{"--leader-elect", "--health-probe-bind-address=:8081", "--metrics-bind-address=:8080"} {
 			if !slices.Contains(kc.Args, a) {
-				t.Errorf("config/default args %q lack %s", kc.Args, a)
+				t.Errorf("%s args %q lack %s", kustName, kc.Args, a)
 			}
 		}
 
@@ -150,15 +158,15 @@ func TestChartMatchesKustomize(t *testing.T) {
 		equalYAML(t, "container securityContext", cc.SecurityContext, kc.SecurityContext)
 		equalYAML(t, "pod securityContext", cd.Spec.Template.Spec.SecurityContext, kd.Spec.Template.Spec.SecurityContext)
 		if *cd.Spec.Replicas != *kd.Spec.Replicas {
-			t.Errorf("replicas: chart %d, config/default %d", *cd.Spec.Replicas, *kd.Spec.Replicas)
+			t.Errorf("replicas: chart %d, %s %d", *cd.Spec.Replicas, kustName, *kd.Spec.Replicas)
 		}
-		for name, d := range map[string]*appsv1.Deployment{"chart": cd, "config/default": kd} {
+		for name, d := range map[string]*appsv1.Deployment{"chart": cd, kustName: kd} {
 			checkManagerPod(t, name, d)
 		}
 	})
 
 	t.Run("metrics service", func(t *testing.T) {
-		for name, objs := range map[string]objects{"chart": chart, "config/default": kust} {
+		for name, objs := range map[string]objects{"chart": chart, kustName: kust} {
 			svc := into[corev1.Service](t, objs.one(t, "Service", "").Object)
 			checkMetricsService(t, name, svc, deploymentOf(t, objs))
 		}

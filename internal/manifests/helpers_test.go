@@ -141,7 +141,13 @@ func kustomize(t testing.TB, dir string) objects {
 // helmTemplate renders charts/tokenkeeper with the given extra arguments.
 func helmTemplate(t testing.TB, args ...string) objects {
 	t.Helper()
-	base := []string{"template", releaseName, path("charts", "tokenkeeper"), "--namespace", managerNamespace}
+	return helmTemplateChart(t, path("charts", "tokenkeeper"), args...)
+}
+
+// helmTemplateChart renders a chart folder or packaged chart (.tgz).
+func helmTemplateChart(t testing.TB, chart string, args ...string) objects {
+	t.Helper()
+	base := []string{"template", releaseName, chart, "--namespace", managerNamespace}
 	return parseObjects(t, run(t, tool(t, "helm"), append(base, args...)...))
 }
 

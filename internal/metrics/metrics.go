@@ -17,6 +17,7 @@ import (
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
+	"github.com/tokenkeeper/tokenkeeper/internal/version"
 )
 
 var tokenLabels = []string{"namespace", "name", "provider"}
@@ -44,6 +45,7 @@ type Metrics struct {
 	refreshes *prometheus.CounterVec
 	requests  *prometheus.CounterVec
 	duration  *prometheus.HistogramVec
+	buildInfo prometheus.Collector
 	reader    client.Reader
 }
 
@@ -63,7 +65,21 @@ func New() *Metrics {
 			Help:    "Duration of HTTP requests to providers.",
 			Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30},
 		}, []string{"provider", "operation"}),
+		buildInfo: newBuildInfo(version.Get()),
 	}
+}
+
+// newBuildInfo is tokenkeeper_build_info: always 1, with the build's
+// version, revision and Go version as labels (the Prometheus convention, as
+// in go_build_info), so dashboards and alerts can tell releases apart.
+func newBuildInfo(i version.Info) prometheus.Collector {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "tokenkeeper_build_info",
+		Help:        "Always 1; the labels tell the manager's version, source revision and Go version.",
+		ConstLabels: prometheus.Labels{"version": i.Version, "revision": i.Revision, "goversion": i.GoVersion},
+	})
+	g.Set(1)
+	return g
 }
 
 // Register adds the metrics to controller-runtime's registry, with reader
@@ -75,7 +91,7 @@ func (m *Metrics) Register(reader client.Reader) error {
 // RegisterWith registers on reg (tests use a fresh registry).
 func (m *Metrics) RegisterWith(reg prometheus.Registerer, reader client.Reader) error {
 	m.reader = reader
-	for _, c := range []prometheus.Collector{m.refreshes, m.requests, m.duration, &tokenCollector{m: m}} {
+	for _, c := range []prometheus.Collector{m.refreshes, m.requests, m.duration, m.buildInfo, &tokenCollector{m: m}} {
 		if err := reg.Register(c); err != nil {
 			return err
 		}

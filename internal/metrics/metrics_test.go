@@ -12,6 +12,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
+	"github.com/tokenkeeper/tokenkeeper/internal/version"
 )
 
 // listReader serves a fixed ManagedTokenList, standing in for the cache.
@@ -90,5 +91,29 @@ tokenkeeper_refresh_total{provider="AmoCRM",result="success"} 1
 	reader.items = reader.items[:1]
 	if n, err := testutil.GatherAndCount(reg, "tokenkeeper_token_reauthorization_required"); err != nil || n != 1 {
 		t.Fatalf("series after deletion = %d (%v), want 1", n, err)
+	}
+}
+
+func TestBuildInfo(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(newBuildInfo(version.Info{Version: "1.2.3", Revision: "0123abcd", GoVersion: "go1.99"}))
+	want := `
+# HELP tokenkeeper_build_info Always 1; the labels tell the manager's version, source revision and Go version.
+# TYPE tokenkeeper_build_info gauge
+tokenkeeper_build_info{goversion="go1.99",revision="0123abcd",version="1.2.3"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "tokenkeeper_build_info"); err != nil {
+		t.Fatal(err)
+	}
+
+	// New registers it with what this binary was built as.
+	reg = prometheus.NewPedanticRegistry()
+	if err := New().RegisterWith(reg, &listReader{}); err != nil {
+		t.Fatal(err)
+	}
+	i := version.Get()
+	want = strings.NewReplacer("1.2.3", i.Version, "0123abcd", i.Revision, "go1.99", i.GoVersion).Replace(want)
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "tokenkeeper_build_info"); err != nil {
+		t.Fatal(err)
 	}
 }
