@@ -24,6 +24,9 @@ func TestAmoCRMReadyPathAndRotations(t *testing.T) {
 	res := h.reconcile()
 	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonTokenValid)
 	h.wantCond(tokensv1alpha1.ConditionReauthorizationRequired, metav1.ConditionFalse, ReasonAuthorized)
+	if evs := h.events.all(); len(evs) != 1 || evs[0].Reason != "TokenObtained" {
+		t.Fatalf("the first publish must emit exactly one event (TokenObtained), got %v", evs)
+	}
 
 	out := h.output()
 	if out == nil {

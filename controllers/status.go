@@ -265,6 +265,9 @@ func (r *ManagedTokenReconciler) emitEvents(in *inputs, out outcome, status toke
 		if good && meta.FindStatusCondition(mt.Status.Conditions, ct) == nil && ct != tokensv1alpha1.ConditionReady {
 			continue // a first "no action needed" is not news
 		}
+		if good && ct == tokensv1alpha1.ConditionReady && out.obtained && out.stored {
+			continue // TokenObtained or TokenRefreshed already says it: one event per transition
+		}
 		typ := corev1.EventTypeNormal
 		if !good {
 			typ = corev1.EventTypeWarning
