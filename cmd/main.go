@@ -45,8 +45,12 @@ func main() {
 	flag.StringVar(&leaderNS, "leader-election-namespace", "", "Namespace of the leader election lease. Default: the pod's namespace in a cluster, \"default\" outside one.")
 	flag.StringVar(&facebookURL, "facebook-url", "https://graph.facebook.com", "Base URL of the Graph API (for egress proxies and tests); http:// only on loopback.")
 	flag.StringVar(&amocrmURL, "amocrm-url", "", "Base URL for every AmoCRM call; empty means https://<spec.amocrm.domain>. http:// only on loopback.")
-	flag.Float64Var(&qps, "kube-api-qps", 20, "Queries per second to the Kubernetes API server.")
-	flag.IntVar(&burst, "kube-api-burst", 30, "Burst of queries to the Kubernetes API server.")
+	// Client-side limits protect an API server that has no flow control of
+	// its own. Every supported API server has API Priority and Fairness,
+	// which queues or rejects (429 with Retry-After, which client-go obeys)
+	// by priority level; the client-side limits are only a first brake.
+	flag.Float64Var(&qps, "kube-api-qps", 50, "Client-side limit of queries per second to the Kubernetes API server, for each API client of the manager (one per resource kind, one for direct reads, one for events). Negative: no client-side limit; the API server's priority and fairness alone paces the manager.")
+	flag.IntVar(&burst, "kube-api-burst", 100, "Client-side burst of queries to the Kubernetes API server, for each API client of the manager.")
 	flag.IntVar(&maxConcurrent, "max-concurrent-reconciles", 4, "How many ManagedTokens are reconciled at once.")
 	flag.DurationVar(&providerTimeout, "provider-timeout", 30*time.Second, "Timeout of one request to a provider.")
 	opts := zap.Options{Development: false}
@@ -97,6 +101,12 @@ func run(c runConfig) error {
 		return fmt.Errorf("loading kubeconfig: %w", err)
 	}
 	cfg.QPS, cfg.Burst = c.qps, c.burst
+	if c.qps < 0 {
+		// client-go builds no client-side rate limiter for a negative QPS;
+		// burst is unused then.
+		cfg.QPS = -1
+	}
+	cfg.UserAgent = "tokenkeeper-manager"
 
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme: scheme,

@@ -68,10 +68,9 @@ import (
 )
 
 const (
-	driverUser   = "tokenkeeper-bench"
-	unrelatedNS  = "bench-unrelated"
-	rawNS        = "bench-raw"
-	amoCRMDomain = "bench.amocrm.ru"
+	driverUser  = "tokenkeeper-bench"
+	unrelatedNS = "bench-unrelated"
+	rawNS       = "bench-raw"
 	// settle is how long after a phase's last event its window stays open,
 	// so that trailing requests (a second reconcile after an owned Secret's
 	// create event) count where they belong.
@@ -381,7 +380,10 @@ func (b *bench) managedToken(t token, ns string) *tokensv1alpha1.ManagedToken {
 			Provider:             tokensv1alpha1.ProviderAmoCRM,
 			CredentialsSecretRef: tokensv1alpha1.SecretReference{Name: t.credentials()},
 			SecretName:           t.output(),
-			AmoCRM:               &tokensv1alpha1.AmoCRMSpec{Domain: amoCRMDomain, RedirectURI: b.st.Credentials.AmoCRM.RedirectURI},
+			// One AmoCRM account per token, as in real use: the manager
+			// limits calls per account (7 per second), which one shared
+			// account would make the bottleneck.
+			AmoCRM: &tokensv1alpha1.AmoCRMSpec{Domain: t.name + ".amocrm.ru", RedirectURI: b.st.Credentials.AmoCRM.RedirectURI},
 		},
 	}
 }
