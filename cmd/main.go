@@ -127,11 +127,11 @@ func run(c runConfig) error {
 		return fmt.Errorf("creating manager: %w", err)
 	}
 
-	credsCache, err := controllers.NewCredentialsCache(mgr)
+	creds, err := controllers.NewCredentialsWatch(mgr)
 	if err != nil {
-		return fmt.Errorf("creating credentials cache: %w", err)
+		return fmt.Errorf("creating the credentials watch: %w", err)
 	}
-	if err := mgr.Add(credsCache); err != nil {
+	if err := mgr.Add(creds); err != nil {
 		return err
 	}
 
@@ -160,7 +160,7 @@ func run(c runConfig) error {
 		Metrics:   m,
 	}
 	ctx := ctrl.SetupSignalHandler()
-	if err := r.SetupWithManager(ctx, mgr, credsCache, c.maxConcurrent); err != nil {
+	if err := r.SetupWithManager(ctx, mgr, creds, c.maxConcurrent); err != nil {
 		return fmt.Errorf("setting up controller: %w", err)
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {

@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/clock"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -34,25 +35,41 @@ import (
 )
 
 // startManager runs a manager wired as cmd/main.go wires it (label-selected
-// Secret cache, metadata-only credentials cache) against the fakes. With
-// metricsAddr set, it serves metrics there (only one manager per process
-// may register the metrics).
+// Secret cache, credentials watch) against the fakes. With metricsAddr set,
+// it serves metrics there (only one manager per process may register the
+// metrics).
 func startManager(t *testing.T, ns, amoURL, fbURL, metricsAddr string) (stop func()) {
-	return startManagerWithCaches(t, ns, amoURL, fbURL, metricsAddr, nil)
+	return startManagerWith(t, ns, amoURL, fbURL, metricsAddr, managerOptions{})
 }
 
-// startManagerWithCaches is startManager that also hands out the manager's
-// cache and the credentials cache.
-func startManagerWithCaches(t *testing.T, ns, amoURL, fbURL, metricsAddr string, caches func(mgrCache, credsCache cache.Cache)) (stop func()) {
+// managerOptions are startManagerWith's extras.
+type managerOptions struct {
+	// restConfig, when set, replaces cfg (such as one that counts requests).
+	restConfig *rest.Config
+	// moreNamespaces are cached besides ns.
+	moreNamespaces []string
+	// caches, when set, gets the manager's cache and the credentials watch.
+	caches func(mgrCache cache.Cache, creds *CredentialsWatch)
+}
+
+// startManagerWith is startManager with options.
+func startManagerWith(t *testing.T, ns, amoURL, fbURL, metricsAddr string, o managerOptions) (stop func()) {
 	t.Helper()
 	bind := "0"
 	if metricsAddr != "" {
 		bind = metricsAddr
 	}
-	// Only this test's namespace: other tests leave ManagedTokens behind.
+	// Only this test's namespaces: other tests leave ManagedTokens behind.
 	cacheOpts := ManagerCacheOptions()
 	cacheOpts.DefaultNamespaces = map[string]cache.Config{ns: {}}
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+	for _, more := range o.moreNamespaces {
+		cacheOpts.DefaultNamespaces[more] = cache.Config{}
+	}
+	restConfig := cfg
+	if o.restConfig != nil {
+		restConfig = o.restConfig
+	}
+	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
 		Scheme:  scheme,
 		Metrics: metricsserver.Options{BindAddress: bind},
 		Cache:   cacheOpts,
@@ -62,11 +79,11 @@ func startManagerWithCaches(t *testing.T, ns, amoURL, fbURL, metricsAddr string,
 	if err != nil {
 		t.Fatal(err)
 	}
-	credsCache, err := NewCredentialsCache(mgr, ns)
+	creds, err := NewCredentialsWatch(mgr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := mgr.Add(credsCache); err != nil {
+	if err := mgr.Add(creds); err != nil {
 		t.Fatal(err)
 	}
 	var m *metrics.Metrics
@@ -90,11 +107,11 @@ func startManagerWithCaches(t *testing.T, ns, amoURL, fbURL, metricsAddr string,
 		r.Metrics = m
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	if err := r.SetupWithManager(ctx, mgr, credsCache, 2); err != nil {
+	if err := r.SetupWithManager(ctx, mgr, creds, 2); err != nil {
 		t.Fatal(err)
 	}
-	if caches != nil {
-		caches(mgr.GetCache(), credsCache)
+	if o.caches != nil {
+		o.caches(mgr.GetCache(), creds)
 	}
 	done := make(chan error, 1)
 	go func() { done <- mgr.Start(ctx) }()
@@ -300,8 +317,8 @@ func decisionsLogged(ns string) int {
 }
 
 // TestCachesHoldOnlyWhatTheyNeed: the manager's cache holds only the Secrets
-// the operator writes, and the credentials cache holds Secret metadata
-// stripped to name, namespace and resourceVersion.
+// the operator writes, and the credentials watch holds Secret metadata
+// stripped to name, namespace, resourceVersion and UID.
 func TestCachesHoldOnlyWhatTheyNeed(t *testing.T) {
 	ctx := context.Background()
 	ns := newNamespace(t)
@@ -325,8 +342,9 @@ func TestCachesHoldOnlyWhatTheyNeed(t *testing.T) {
 	if err := k8sClient.Create(ctx, mt); err != nil {
 		t.Fatal(err)
 	}
-	var mgrCache, credsCache cache.Cache
-	startManagerWithCaches(t, ns, srv.URL, srv.URL, "", func(m, c cache.Cache) { mgrCache, credsCache = m, c })
+	var mgrCache cache.Cache
+	var creds *CredentialsWatch
+	startManagerWith(t, ns, srv.URL, srv.URL, "", managerOptions{caches: func(m cache.Cache, c *CredentialsWatch) { mgrCache, creds = m, c }})
 	eventually(t, "the output Secret", 30*time.Second, func() bool {
 		return k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: mt.Spec.SecretName}, &corev1.Secret{}) == nil
 	})
@@ -344,10 +362,11 @@ func TestCachesHoldOnlyWhatTheyNeed(t *testing.T) {
 	meta := &metav1.PartialObjectMetadata{}
 	meta.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Secret"))
 	eventually(t, "the unrelated Secret's metadata", 10*time.Second, func() bool {
-		return credsCache.Get(ctx, client.ObjectKeyFromObject(unrelated), meta) == nil
+		c := creds.cacheFor(ns)
+		return c != nil && c.Get(ctx, client.ObjectKeyFromObject(unrelated), meta) == nil
 	})
 	if len(meta.Annotations) != 0 || len(meta.Labels) != 0 || len(meta.ManagedFields) != 0 || meta.ResourceVersion == "" {
-		t.Fatalf("the credentials cache keeps more than name, namespace and resourceVersion: %d annotations, %d labels, %d managedFields",
+		t.Fatalf("the credentials watch keeps more than name, namespace and resourceVersion: %d annotations, %d labels, %d managedFields",
 			len(meta.Annotations), len(meta.Labels), len(meta.ManagedFields))
 	}
 }
