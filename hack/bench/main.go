@@ -83,7 +83,7 @@ type config struct {
 	burst                         int
 	unrelated, unrelatedSize      int
 	idle, timeout, restartTimeout time.Duration
-	managerArgs                   string
+	managerArgs, managerBin       string
 }
 
 func main() {
@@ -102,6 +102,7 @@ func main() {
 	flag.DurationVar(&c.timeout, "timeout", 0, "How long the sync may take before the bench gives up (0: 10m plus 300ms per token).")
 	flag.DurationVar(&c.restartTimeout, "restart-timeout", 0, "How long the restart may take before the bench gives up (0: 5m plus 100ms per token).")
 	flag.StringVar(&c.managerArgs, "manager-args", "", "Extra manager flags, space separated.")
+	flag.StringVar(&c.managerBin, "manager-bin", "", "A manager binary to measure instead of building bin/manager from this tree (such as one built from an earlier commit).")
 	flag.Parse()
 	if c.n < 1 || c.namespaces < 1 || c.workers < 1 || c.unrelated < 0 || c.unrelatedSize < 0 {
 		fmt.Fprintln(os.Stderr, "bench: -n, -namespaces and -workers must be positive, -unrelated and -unrelated-size not negative")
@@ -186,8 +187,13 @@ func (b *bench) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	devenv.Say("==> building bin/manager and bin/tokenkeeper-sandbox")
-	for _, x := range [][2]string{{"bin/manager", "./cmd"}, {"bin/tokenkeeper-sandbox", "./hack/sandbox"}} {
+	builds := [][2]string{{"bin/tokenkeeper-sandbox", "./hack/sandbox"}}
+	if b.cfg.managerBin == "" {
+		builds = append(builds, [2]string{"bin/manager", "./cmd"})
+		b.cfg.managerBin = filepath.Join(b.root, "bin", "manager")
+	}
+	devenv.Say("==> building %d binaries", len(builds))
+	for _, x := range builds {
 		if err := devenv.GoBuild(ctx, b.root, x[0], x[1]); err != nil {
 			return err
 		}
@@ -282,7 +288,7 @@ func (b *bench) startManager(ctx context.Context, logName string) error {
 		"--zap-log-level=debug",
 	}
 	args = append(args, strings.Fields(b.cfg.managerArgs)...)
-	m, err := devenv.StartChild("manager", filepath.Join(b.root, "bin", "manager"), args, filepath.Join(b.dir, logName), b.root)
+	m, err := devenv.StartChild("manager", b.cfg.managerBin, args, filepath.Join(b.dir, logName), b.root)
 	if err != nil {
 		return err
 	}
