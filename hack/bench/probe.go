@@ -107,8 +107,10 @@ func (c calls) String() string {
 		return "0"
 	}
 	ks := make([]string, 0, len(c))
-	for k := range c {
-		ks = append(ks, k)
+	for k, v := range c {
+		if v != 0 {
+			ks = append(ks, k)
+		}
 	}
 	sort.Strings(ks)
 	parts := make([]string, len(ks))
