@@ -10,7 +10,8 @@
 //  1. sync: creates N credentials Secrets and N AmoCRM ManagedTokens, spread
 //     over -namespaces namespaces, and times apply (the first ManagedToken
 //     created) to all Ready, and each token's create to Ready;
-//  2. idle: counts the manager's requests and provider calls over -idle;
+//  2. idle: once the manager has made no request for 3 s, counts its
+//     requests and provider calls over -idle;
 //  3. scrape: times one GET /metrics and prints its size;
 //  4. memory: the manager's VmRSS and VmHWM (from /proc) before and after
 //     -unrelated Secrets of -unrelated-size bytes are created in a namespace
@@ -71,10 +72,10 @@ const (
 	driverUser  = "tokenkeeper-bench"
 	unrelatedNS = "bench-unrelated"
 	rawNS       = "bench-raw"
-	// settle is how long after a phase's last event its window stays open,
-	// so that trailing requests (a second reconcile after an owned Secret's
-	// create event) count where they belong.
-	settle = 5 * time.Second
+	// quiet is how long the manager must make no request for a phase to
+	// end, so that trailing requests (a second reconcile after an owned
+	// Secret's create event) count in the phase that caused them.
+	quiet = 3 * time.Second
 )
 
 type config struct {
@@ -371,7 +372,7 @@ func (b *bench) sync(ctx context.Context) error {
 		b.res.latencies[i] = at.Sub(created[i])
 	}
 	devenv.Say("    all %d Ready %s after apply", n, b.res.allReady.Sub(b.res.applyStart).Round(100*time.Millisecond))
-	if err := devenv.Sleep(ctx, settle); err != nil {
+	if err := b.waitQuiet(ctx); err != nil {
 		return err
 	}
 	b.res.syncEnd = time.Now()
@@ -516,7 +517,7 @@ func (b *bench) restart(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := devenv.Sleep(ctx, settle); err != nil {
+	if err := b.waitQuiet(ctx); err != nil {
 		return err
 	}
 	b.res.restartEnd = time.Now()
@@ -539,6 +540,34 @@ func (b *bench) providerCalls(ctx context.Context) (calls, error) {
 		"AmoCRM account": s.AccountProbes, "Facebook exchange": s.FacebookExchanges,
 		"Facebook refresh": s.FacebookRefreshes, "Facebook debug_token": s.DebugTokenCalls,
 	}, nil
+}
+
+// waitQuiet waits until the manager has made no API request for quiet: the
+// audit log, which records only the manager's requests, stops growing.
+func (b *bench) waitQuiet(ctx context.Context) error {
+	start := time.Now()
+	var size int64 = -1
+	changed := time.Now()
+	for {
+		fi, err := os.Stat(b.auditLog)
+		if err != nil {
+			return err
+		}
+		if fi.Size() != size {
+			size, changed = fi.Size(), time.Now()
+		} else if time.Since(changed) >= quiet {
+			if d := time.Since(start); d > 2*quiet {
+				devenv.Say("    the manager went quiet %s later", (d - quiet).Round(100*time.Millisecond))
+			}
+			return nil
+		}
+		if time.Since(start) > b.cfg.timeout {
+			return fmt.Errorf("the manager did not go quiet within %s", b.cfg.timeout)
+		}
+		if err := devenv.Sleep(ctx, 100*time.Millisecond); err != nil {
+			return err
+		}
+	}
 }
 
 // parallel runs f(0..n-1) on workers goroutines; the first error stops it.
