@@ -72,6 +72,7 @@ func (r *results) print(w io.Writer, c config) {
 	if total > 0 && r.baseline > 0 {
 		t.row("tokenkeeper's rate / raw write rate", "%.0f%%", 100*r.baseline.Seconds()/total.Seconds())
 	}
+	t.row("requests counted until the manager went quiet", "%s after all Ready", sec(r.syncEnd.Sub(r.allReady)))
 	t.perToken("API reads per token (get, list)", count(syncReqs, isRead), n)
 	t.perToken("API writes per token", count(syncReqs, isWrite), n)
 	t.row("watch requests (whole sync)", "%s", count(syncReqs, isWatch))
