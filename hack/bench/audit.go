@@ -134,11 +134,24 @@ func (c counts) total() int {
 	return n
 }
 
-// keys returns the keys, the most frequent first.
+// minus returns c - o, without the kinds that did not change.
+func (c counts) minus(o counts) counts {
+	out := counts{}
+	for k, v := range c {
+		if d := v - o[k]; d != 0 {
+			out[k] = d
+		}
+	}
+	return out
+}
+
+// keys returns the keys with a count, the most frequent first.
 func (c counts) keys() []string {
 	ks := make([]string, 0, len(c))
-	for k := range c {
-		ks = append(ks, k)
+	for k, v := range c {
+		if v != 0 {
+			ks = append(ks, k)
+		}
 	}
 	sort.Slice(ks, func(i, j int) bool {
 		if c[ks[i]] != c[ks[j]] {

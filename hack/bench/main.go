@@ -537,12 +537,13 @@ func (b *bench) restart(ctx context.Context) error {
 	return err
 }
 
-func (b *bench) providerCalls(ctx context.Context) (calls, error) {
-	s, err := sandboxStatus(ctx, b.st.StatusURL)
+// providerCalls are the sandboxs call counters, by provider and operation.
+func (b *bench) providerCalls(ctx context.Context) (counts, error) {
+	s, err := devenv.SandboxStatus(ctx, b.st.StatusURL)
 	if err != nil {
-		return calls{}, err
+		return counts{}, err
 	}
-	return calls{
+	return counts{
 		"AmoCRM refresh_token": s.RefreshGrants, "AmoCRM authorization_code": s.AuthorizationCodeGrants,
 		"AmoCRM account": s.AccountProbes, "Facebook exchange": s.FacebookExchanges,
 		"Facebook refresh": s.FacebookRefreshes, "Facebook debug_token": s.DebugTokenCalls,

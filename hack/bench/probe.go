@@ -9,12 +9,9 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/tokenkeeper/tokenkeeper/hack/sandbox/state"
 )
 
 // rss is a process's resident set (VmRSS) and its peak (VmHWM), in KiB.
@@ -78,68 +75,6 @@ func scrapeMetrics(ctx context.Context, url string) (time.Duration, int, error) 
 		return 0, 0, fmt.Errorf("scraping %s: HTTP %d", url, resp.StatusCode)
 	}
 	return d, int(n), nil
-}
-
-// calls are provider calls by provider and operation.
-type calls map[string]int
-
-func (c calls) minus(o calls) calls {
-	out := calls{}
-	for k, v := range c {
-		if d := v - o[k]; d != 0 {
-			out[k] = d
-		}
-	}
-	return out
-}
-
-func (c calls) total() int {
-	n := 0
-	for _, v := range c {
-		n += v
-	}
-	return n
-}
-
-// String renders "1000 (1000 AmoCRM refresh_token)".
-func (c calls) String() string {
-	if c.total() == 0 {
-		return "0"
-	}
-	ks := make([]string, 0, len(c))
-	for k, v := range c {
-		if v != 0 {
-			ks = append(ks, k)
-		}
-	}
-	sort.Strings(ks)
-	parts := make([]string, len(ks))
-	for i, k := range ks {
-		parts[i] = fmt.Sprintf("%d %s", c[k], k)
-	}
-	return fmt.Sprintf("%d (%s)", c.total(), strings.Join(parts, ", "))
-}
-
-func sandboxStatus(ctx context.Context, url string) (*state.Status, error) {
-	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(cctx, http.MethodGet, url, nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("reading the sandbox counters: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("reading the sandbox counters: HTTP %d", resp.StatusCode)
-	}
-	s := &state.Status{}
-	if err := json.NewDecoder(resp.Body).Decode(s); err != nil {
-		return nil, fmt.Errorf("reading the sandbox counters: %w", err)
-	}
-	return s, nil
 }
 
 // decisionCounter follows a manager log (JSON lines) and collects the

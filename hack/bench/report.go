@@ -17,15 +17,15 @@ type results struct {
 	rssStart                              rss
 	applyStart, allReady, syncEnd         time.Time
 	latencies                             []time.Duration
-	syncCalls                             calls
+	syncCalls                             counts
 	idleStart, idleEnd                    time.Time
-	idleCalls                             calls
+	idleCalls                             counts
 	scrapeTime                            time.Duration
 	scrapeBytes                           int
 	rssBefore, rssAfter, rssRestart       rss
 	restartStart, madeDue                 time.Time
 	allExamined, dueRefreshed, restartEnd time.Time
-	restartCalls                          calls
+	restartCalls                          counts
 	dueToken                              token
 	baseline                              time.Duration
 	baselineWrites, syncWrites            int

@@ -32,7 +32,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -459,7 +458,7 @@ func (d *demo) tick(ctx context.Context, title string) *state.Status {
 		devenv.Say("  %-29s keys=%s  expires_at=%s  access_token=%s%s", t.output, strings.Join(keys, ","), exp, fp, mark)
 	}
 
-	s, err := d.sandboxStatus(ctx)
+	s, err := devenv.SandboxStatus(ctx, d.st.StatusURL)
 	if err != nil {
 		d.warn(ctx, err)
 		return nil
@@ -612,28 +611,6 @@ func (d *demo) outputSecrets(ctx context.Context) (map[string]map[string]string,
 		res[it.Metadata.Name] = m
 	}
 	return res, nil
-}
-
-func (d *demo) sandboxStatus(ctx context.Context) (*state.Status, error) {
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(cctx, http.MethodGet, d.st.StatusURL, nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("reading the sandbox counters: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("reading the sandbox counters: HTTP %d", resp.StatusCode)
-	}
-	s := &state.Status{}
-	if err := json.NewDecoder(resp.Body).Decode(s); err != nil {
-		return nil, fmt.Errorf("reading the sandbox counters: %w", err)
-	}
-	return s, nil
 }
 
 // kubectl runs the real kubectl against the demo cluster. Errors name the

@@ -8,6 +8,7 @@ package devenv
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -208,6 +209,29 @@ func WaitReady(ctx context.Context, c *Child, url string, timeout time.Duration)
 			return err
 		}
 	}
+}
+
+// SandboxStatus reads the sandbox's call counters from url.
+func SandboxStatus(ctx context.Context, url string) (*state.Status, error) {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(cctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("reading the sandbox counters: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("reading the sandbox counters: HTTP %d", resp.StatusCode)
+	}
+	s := &state.Status{}
+	if err := json.NewDecoder(resp.Body).Decode(s); err != nil {
+		return nil, fmt.Errorf("reading the sandbox counters: %w", err)
+	}
+	return s, nil
 }
 
 // FindKubectl returns the kubectl to use: $KUBECTL, else kubectl on PATH.
