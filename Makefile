@@ -22,6 +22,9 @@ CONTROLLER_GEN ?= $(GO) tool controller-gen
 # Tests run one package at a time per core; the whole suite takes a few
 # minutes once the control-plane binaries are cached.
 GOTEST_FLAGS ?= -count=1 -timeout 25m
+# make bench: how many ManagedTokens, and more flags (bin/tokenkeeper-bench -h).
+N ?= 1000
+BENCH_FLAGS ?=
 
 SHELL = /usr/bin/env bash -o pipefail
 .SHELLFLAGS = -ec
@@ -105,6 +108,11 @@ run: manifests generate fmt vet ## Run the manager against the cluster in your k
 demo: ## Run the operator on a local control plane against sandbox providers (Ctrl-C stops it).
 	$(GO) build -o bin/tokenkeeper-demo ./hack/demo
 	KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" bin/tokenkeeper-demo
+
+.PHONY: bench
+bench: ## Measure N ManagedTokens on a local control plane (N=1000; make bench N=10000) and print a table.
+	$(GO) build -o bin/tokenkeeper-bench ./hack/bench
+	KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" bin/tokenkeeper-bench -n $(N) $(BENCH_FLAGS)
 
 ##@ Deployment
 

@@ -47,8 +47,12 @@ func main() {
 	flag.StringVar(&leaderNS, "leader-election-namespace", "", "Namespace of the leader election lease. Default: the pod's namespace in a cluster, \"default\" outside one.")
 	flag.StringVar(&facebookURL, "facebook-url", "https://graph.facebook.com", "Base URL of the Graph API (for egress proxies and tests); http:// only on loopback.")
 	flag.StringVar(&amocrmURL, "amocrm-url", "", "Base URL for every AmoCRM call; empty means https://<spec.amocrm.domain>. http:// only on loopback.")
-	flag.Float64Var(&qps, "kube-api-qps", 20, "Queries per second to the Kubernetes API server.")
-	flag.IntVar(&burst, "kube-api-burst", 30, "Burst of queries to the Kubernetes API server.")
+	// Client-side limits protect an API server that has no flow control of
+	// its own. Every supported API server has API Priority and Fairness,
+	// which queues or rejects (429 with Retry-After, which client-go obeys)
+	// by priority level; the client-side limits are only a first brake.
+	flag.Float64Var(&qps, "kube-api-qps", 50, "Client-side limit of queries per second to the Kubernetes API server, for each API client of the manager (one per resource kind, one for direct reads, one for events). Negative: no client-side limit; the API server's priority and fairness alone paces the manager.")
+	flag.IntVar(&burst, "kube-api-burst", 100, "Client-side burst of queries to the Kubernetes API server, for each API client of the manager.")
 	flag.IntVar(&maxConcurrent, "max-concurrent-reconciles", 4, "How many ManagedTokens are reconciled at once.")
 	flag.DurationVar(&providerTimeout, "provider-timeout", 30*time.Second, "Timeout of one request to a provider.")
 	flag.DurationVar(&shutdownTimeout, "graceful-shutdown-timeout", 75*time.Second, "How long a stopping manager waits for refreshes in flight to finish and be stored. Must exceed --provider-timeout by at least 15s; the pod's terminationGracePeriodSeconds must exceed it.")
@@ -111,6 +115,12 @@ func run(c runConfig) error {
 		return fmt.Errorf("loading kubeconfig: %w", err)
 	}
 	cfg.QPS, cfg.Burst = c.qps, c.burst
+	if c.qps < 0 {
+		// client-go builds no client-side rate limiter for a negative QPS;
+		// burst is unused then.
+		cfg.QPS = -1
+	}
+	cfg.UserAgent = "tokenkeeper-manager"
 
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme: scheme,
@@ -134,11 +144,11 @@ func run(c runConfig) error {
 		return fmt.Errorf("creating manager: %w", err)
 	}
 
-	credsCache, err := controllers.NewCredentialsCache(mgr)
+	creds, err := controllers.NewCredentialsWatch(mgr)
 	if err != nil {
-		return fmt.Errorf("creating credentials cache: %w", err)
+		return fmt.Errorf("creating the credentials watch: %w", err)
 	}
-	if err := mgr.Add(credsCache); err != nil {
+	if err := mgr.Add(creds); err != nil {
 		return err
 	}
 
@@ -170,7 +180,7 @@ func run(c runConfig) error {
 		OrphanRetention: c.orphanRetention,
 	}
 	ctx := ctrl.SetupSignalHandler()
-	if err := r.SetupWithManager(ctx, mgr, credsCache, c.maxConcurrent); err != nil {
+	if err := r.SetupWithManager(ctx, mgr, creds, c.maxConcurrent); err != nil {
 		return fmt.Errorf("setting up controller: %w", err)
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {

@@ -35,43 +35,43 @@ import (
 )
 
 // startManager runs a manager wired as cmd/main.go wires it (label-selected
-// Secret cache, metadata-only credentials cache) against the fakes. With
-// metricsAddr set, it serves metrics there (only one manager per process
-// may register the metrics).
+// Secret cache, credentials watch) against the fakes. With metricsAddr set,
+// it serves metrics there (only one manager per process may register the
+// metrics).
 func startManager(t *testing.T, ns, amoURL, fbURL, metricsAddr string) (stop func()) {
-	return startManagerWithCaches(t, ns, amoURL, fbURL, metricsAddr, nil)
+	return startManagerWith(t, ns, amoURL, fbURL, metricsAddr, managerOptions{})
 }
 
-// startManagerWithCaches is startManager that also hands out the manager's
-// cache and the credentials cache.
-func startManagerWithCaches(t *testing.T, ns, amoURL, fbURL, metricsAddr string, caches func(mgrCache, credsCache cache.Cache)) (stop func()) {
-	return startManagerWith(t, managerSetup{ns: ns, amoURL: amoURL, fbURL: fbURL, metricsAddr: metricsAddr, caches: caches})
-}
-
-// managerSetup says how startManagerWith runs a manager.
-type managerSetup struct {
-	ns, amoURL, fbURL, metricsAddr string
-	// config is the manager's identity; nil means the suite's admin.
-	config *rest.Config
-	caches func(mgrCache, credsCache cache.Cache)
+// managerOptions are startManagerWith's extras.
+type managerOptions struct {
+	// restConfig, when set, replaces cfg (such as one that counts requests).
+	restConfig *rest.Config
+	// moreNamespaces are cached besides ns.
+	moreNamespaces []string
+	// caches, when set, gets the manager's cache and the credentials watch.
+	caches func(mgrCache cache.Cache, creds *CredentialsWatch)
 	// tweak adjusts the reconciler before it starts.
 	tweak func(*ManagedTokenReconciler)
 }
 
-func startManagerWith(t *testing.T, s managerSetup) (stop func()) {
+// startManagerWith is startManager with options.
+func startManagerWith(t *testing.T, ns, amoURL, fbURL, metricsAddr string, o managerOptions) (stop func()) {
 	t.Helper()
 	bind := "0"
-	if s.metricsAddr != "" {
-		bind = s.metricsAddr
+	if metricsAddr != "" {
+		bind = metricsAddr
 	}
-	restCfg := s.config
-	if restCfg == nil {
-		restCfg = cfg
-	}
-	// Only this test's namespace: other tests leave ManagedTokens behind.
+	// Only this test's namespaces: other tests leave ManagedTokens behind.
 	cacheOpts := ManagerCacheOptions()
-	cacheOpts.DefaultNamespaces = map[string]cache.Config{s.ns: {}}
-	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
+	cacheOpts.DefaultNamespaces = map[string]cache.Config{ns: {}}
+	for _, more := range o.moreNamespaces {
+		cacheOpts.DefaultNamespaces[more] = cache.Config{}
+	}
+	restConfig := cfg
+	if o.restConfig != nil {
+		restConfig = o.restConfig
+	}
+	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
 		Scheme:  scheme,
 		Metrics: metricsserver.Options{BindAddress: bind},
 		Cache:   cacheOpts,
@@ -81,16 +81,16 @@ func startManagerWith(t *testing.T, s managerSetup) (stop func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	credsCache, err := NewCredentialsCache(mgr, s.ns)
+	creds, err := NewCredentialsWatch(mgr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := mgr.Add(credsCache); err != nil {
+	if err := mgr.Add(creds); err != nil {
 		t.Fatal(err)
 	}
 	var m *metrics.Metrics
 	observe := provider.RequestObserver(nil)
-	if s.metricsAddr != "" {
+	if metricsAddr != "" {
 		m = metrics.New()
 		if err := m.Register(mgr.GetCache()); err != nil {
 			t.Fatal(err)
@@ -101,22 +101,22 @@ func startManagerWith(t *testing.T, s managerSetup) (stop func()) {
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Scheme: mgr.GetScheme(),
 		Recorder: mgr.GetEventRecorder("tokenkeeper"), Clock: clock.RealClock{},
 		Providers: map[tokensv1alpha1.Provider]provider.Provider{
-			tokensv1alpha1.ProviderAmoCRM:   amocrm.New(amocrm.Options{BaseURL: s.amoURL, Observe: observe}),
-			tokensv1alpha1.ProviderFacebook: facebook.New(facebook.Options{BaseURL: s.fbURL, Observe: observe}),
+			tokensv1alpha1.ProviderAmoCRM:   amocrm.New(amocrm.Options{BaseURL: amoURL, Observe: observe}),
+			tokensv1alpha1.ProviderFacebook: facebook.New(facebook.Options{BaseURL: fbURL, Observe: observe}),
 		},
 	}
 	if m != nil {
 		r.Metrics = m
 	}
-	if s.tweak != nil {
-		s.tweak(r)
+	if o.tweak != nil {
+		o.tweak(r)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	if err := r.SetupWithManager(ctx, mgr, credsCache, 2); err != nil {
+	if err := r.SetupWithManager(ctx, mgr, creds, 2); err != nil {
 		t.Fatal(err)
 	}
-	if s.caches != nil {
-		s.caches(mgr.GetCache(), credsCache)
+	if o.caches != nil {
+		o.caches(mgr.GetCache(), creds)
 	}
 	done := make(chan error, 1)
 	go func() { done <- mgr.Start(ctx) }()
@@ -322,8 +322,8 @@ func decisionsLogged(ns string) int {
 }
 
 // TestCachesHoldOnlyWhatTheyNeed: the manager's cache holds only the Secrets
-// the operator writes, and the credentials cache holds Secret metadata
-// stripped to name, namespace and resourceVersion.
+// the operator writes, and the credentials watch holds Secret metadata
+// stripped to name, namespace, resourceVersion and UID.
 func TestCachesHoldOnlyWhatTheyNeed(t *testing.T) {
 	ctx := context.Background()
 	ns := newNamespace(t)
@@ -347,8 +347,9 @@ func TestCachesHoldOnlyWhatTheyNeed(t *testing.T) {
 	if err := k8sClient.Create(ctx, mt); err != nil {
 		t.Fatal(err)
 	}
-	var mgrCache, credsCache cache.Cache
-	startManagerWithCaches(t, ns, srv.URL, srv.URL, "", func(m, c cache.Cache) { mgrCache, credsCache = m, c })
+	var mgrCache cache.Cache
+	var creds *CredentialsWatch
+	startManagerWith(t, ns, srv.URL, srv.URL, "", managerOptions{caches: func(m cache.Cache, c *CredentialsWatch) { mgrCache, creds = m, c }})
 	eventually(t, "the output Secret", 30*time.Second, func() bool {
 		return k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: mt.Spec.SecretName}, &corev1.Secret{}) == nil
 	})
@@ -366,10 +367,11 @@ func TestCachesHoldOnlyWhatTheyNeed(t *testing.T) {
 	meta := &metav1.PartialObjectMetadata{}
 	meta.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Secret"))
 	eventually(t, "the unrelated Secret's metadata", 10*time.Second, func() bool {
-		return credsCache.Get(ctx, client.ObjectKeyFromObject(unrelated), meta) == nil
+		c := creds.cacheFor(ns)
+		return c != nil && c.Get(ctx, client.ObjectKeyFromObject(unrelated), meta) == nil
 	})
 	if len(meta.Annotations) != 0 || len(meta.Labels) != 0 || len(meta.ManagedFields) != 0 || meta.ResourceVersion == "" {
-		t.Fatalf("the credentials cache keeps more than name, namespace and resourceVersion: %d annotations, %d labels, %d managedFields",
+		t.Fatalf("the credentials watch keeps more than name, namespace and resourceVersion: %d annotations, %d labels, %d managedFields",
 			len(meta.Annotations), len(meta.Labels), len(meta.ManagedFields))
 	}
 }

@@ -181,7 +181,7 @@ func TestLeastPrivilege(t *testing.T) {
 	if err := k8sClient.Create(ctx(), mt); err != nil {
 		t.Fatal(err)
 	}
-	startManagerWith(t, managerSetup{ns: ns, amoURL: srv.URL, fbURL: srv.URL, config: userCfg,
+	startManagerWith(t, ns, srv.URL, srv.URL, "", managerOptions{restConfig: userCfg,
 		tweak: func(r *ManagedTokenReconciler) { r.OrphanRetention = time.Second }})
 	key := types.NamespacedName{Namespace: ns, Name: "crm"}
 	readyWith := func(what string, cond func(*tokensv1alpha1.ManagedToken) bool) {

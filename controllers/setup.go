@@ -2,11 +2,18 @@ package controllers
 
 import (
 	"context"
+	"net/http"
+	"sort"
+	"sync"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -32,34 +39,115 @@ func OwnedSecretsSelector() labels.Selector {
 
 // ManagerCacheOptions is the manager's cache configuration: only the Secrets
 // the operator writes are cached. Credentials Secrets are read directly and
-// watched through NewCredentialsCache.
+// watched through a CredentialsWatch.
 func ManagerCacheOptions() cache.Options {
 	return cache.Options{ByObject: map[client.Object]cache.ByObject{
 		&corev1.Secret{}: {Label: OwnedSecretsSelector()},
 	}}
 }
 
-// NewCredentialsCache returns a cache for the metadata of all Secrets, used
-// only to notice changes of credentials Secrets within seconds. It is apart
-// from the manager's cache because that one selects Secrets by label (per
-// GVK, so a metadata-only informer there would inherit the selector), and it
-// keeps nothing but name, namespace and resourceVersion: annotations such as
-// kubectl's last-applied-configuration can carry Secret data.
+// CredentialsWatch notices changes of credentials Secrets within seconds
+// without holding the cluster's other Secrets.
 //
-// namespaces, when given, restricts the watch to them.
-func NewCredentialsCache(mgr ctrl.Manager, namespaces ...string) (cache.Cache, error) {
-	var byNS map[string]cache.Config
-	for _, ns := range namespaces {
-		if byNS == nil {
-			byNS = map[string]cache.Config{}
-		}
-		byNS[ns] = cache.Config{}
+// A credentials Secret is always in its ManagedToken's namespace, so it
+// watches Secret metadata only in the namespaces that hold ManagedTokens:
+// one metadata-only cache per such namespace, started when the first
+// ManagedToken appears there and stopped when the last one is gone. Secrets
+// in every other namespace cost nothing, however many there are. A label
+// selector would be cheaper still, but would make users label their
+// credentials Secrets; and one cluster-wide metadata watch (the earlier
+// design) kept an entry for every Secret of the cluster. Each watched
+// namespace costs one watch request; the Secrets there that are not
+// credentials cost an entry each, stripped to name, namespace,
+// resourceVersion and UID: annotations such as kubectl's
+// last-applied-configuration can carry Secret data.
+//
+// These caches are apart from the manager's cache because that one selects
+// Secrets by label (per GVK, so a metadata informer there would inherit the
+// selector). Add the watch to the manager (it is a Runnable) and pass it to
+// SetupWithManager.
+type CredentialsWatch struct {
+	cfg        *rest.Config
+	httpClient *http.Client
+	scheme     *runtime.Scheme
+	mapper     meta.RESTMapper
+	tokens     cache.Cache // the manager's cache, which holds the ManagedTokens
+
+	mu      sync.Mutex
+	ctx     context.Context // set by Start
+	ctrl    controller.Controller
+	handler handler.TypedEventHandler[*metav1.PartialObjectMetadata, reconcile.Request]
+	byNS    map[string]*namespaceWatch
+}
+
+type namespaceWatch struct {
+	cache  cache.Cache
+	cancel context.CancelFunc
+}
+
+// NewCredentialsWatch returns the credentials watch of mgr.
+func NewCredentialsWatch(mgr ctrl.Manager) (*CredentialsWatch, error) {
+	return &CredentialsWatch{
+		cfg: mgr.GetConfig(), httpClient: mgr.GetHTTPClient(), scheme: mgr.GetScheme(), mapper: mgr.GetRESTMapper(),
+		tokens: mgr.GetCache(),
+		byNS:   map[string]*namespaceWatch{},
+	}, nil
+}
+
+// Start follows the ManagedTokens of the manager's cache and watches the
+// namespaces that hold them, until ctx is done.
+func (w *CredentialsWatch) Start(ctx context.Context) error {
+	w.mu.Lock()
+	w.ctx = ctx
+	w.mu.Unlock()
+	inf, err := w.tokens.GetInformer(ctx, &tokensv1alpha1.ManagedToken{})
+	if err != nil {
+		return err
 	}
-	return cache.New(mgr.GetConfig(), cache.Options{
-		DefaultNamespaces: byNS,
-		HTTPClient:        mgr.GetHTTPClient(),
-		Scheme:            mgr.GetScheme(),
-		Mapper:            mgr.GetRESTMapper(),
+	nsOf := func(obj any) string {
+		if d, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
+			obj = d.Obj
+		}
+		if o, ok := obj.(client.Object); ok {
+			return o.GetNamespace()
+		}
+		return ""
+	}
+	// The informer replays the ManagedTokens it holds as adds, so every
+	// namespace that already holds one is watched from the start.
+	reg, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { w.watch(nsOf(obj)) },
+		DeleteFunc: func(obj any) { w.release(ctx, nsOf(obj)) },
+	})
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	_ = inf.RemoveEventHandler(reg)
+	return nil
+}
+
+// bind makes the watch enqueue into c through h; SetupWithManager calls it
+// before the manager starts.
+func (w *CredentialsWatch) bind(c controller.Controller, h handler.TypedEventHandler[*metav1.PartialObjectMetadata, reconcile.Request]) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.ctrl, w.handler = c, h
+}
+
+// watch starts watching Secret metadata in ns, unless it is watched already.
+func (w *CredentialsWatch) watch(ns string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if ns == "" || w.byNS[ns] != nil || w.ctx == nil || w.ctrl == nil {
+		return
+	}
+	logger := ctrl.Log.WithName("credentials-watch").WithValues("namespace", ns)
+	c, err := cache.New(w.cfg, cache.Options{
+		DefaultNamespaces: map[string]cache.Config{ns: {}},
+		HTTPClient:        w.httpClient,
+		Scheme:            w.scheme,
+		Mapper:            w.mapper,
 		DefaultTransform: func(in any) (any, error) {
 			if m, ok := in.(*metav1.PartialObjectMetadata); ok {
 				m.ObjectMeta = metav1.ObjectMeta{Name: m.Name, Namespace: m.Namespace, ResourceVersion: m.ResourceVersion, UID: m.UID}
@@ -67,13 +155,69 @@ func NewCredentialsCache(mgr ctrl.Manager, namespaces ...string) (cache.Cache, e
 			return in, nil
 		},
 	})
+	if err != nil {
+		// Not expected (the options are fixed). Changes of this namespace's
+		// credentials Secrets are then noticed at the next check.
+		logger.Error(err, "cannot watch credentials Secrets")
+		return
+	}
+	ctx, cancel := context.WithCancel(w.ctx)
+	go func() {
+		if err := c.Start(ctx); err != nil {
+			logger.Error(err, "credentials watch stopped")
+		}
+	}()
+	w.byNS[ns] = &namespaceWatch{cache: c, cancel: cancel}
+	secretMeta := &metav1.PartialObjectMetadata{}
+	secretMeta.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Secret"))
+	if err := w.ctrl.Watch(source.Kind(c, secretMeta, w.handler)); err != nil {
+		logger.Error(err, "cannot watch credentials Secrets")
+	}
+	logger.V(1).Info("watching credentials Secrets")
+}
+
+// release stops watching ns once it holds no ManagedToken.
+func (w *CredentialsWatch) release(ctx context.Context, ns string) {
+	var list tokensv1alpha1.ManagedTokenList
+	if err := w.tokens.List(ctx, &list, client.InNamespace(ns), client.Limit(1)); err != nil || len(list.Items) > 0 {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if nw := w.byNS[ns]; nw != nil {
+		nw.cancel()
+		delete(w.byNS, ns)
+		ctrl.Log.WithName("credentials-watch").V(1).Info("stopped watching credentials Secrets", "namespace", ns)
+	}
+}
+
+// namespaces returns the watched namespaces, sorted.
+func (w *CredentialsWatch) namespaces() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := make([]string, 0, len(w.byNS))
+	for ns := range w.byNS {
+		out = append(out, ns)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// cacheFor returns the metadata cache of ns, or nil when ns is not watched.
+func (w *CredentialsWatch) cacheFor(ns string) cache.Cache {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if nw := w.byNS[ns]; nw != nil {
+		return nw.cache
+	}
+	return nil
 }
 
 // SetupWithManager registers the controller: ManagedTokens (spec or
 // annotation changes, not status-only updates), the Secrets it owns, and the
-// metadata of credentials Secrets through credsCache (which must have been
-// added to the manager).
-func (r *ManagedTokenReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, credsCache cache.Cache, maxConcurrent int) error {
+// metadata of credentials Secrets through creds (which must have been added
+// to the manager).
+func (r *ManagedTokenReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, creds *CredentialsWatch, maxConcurrent int) error {
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &tokensv1alpha1.ManagedToken{}, credentialsIndex, func(o client.Object) []string {
 		return []string{o.(*tokensv1alpha1.ManagedToken).Spec.CredentialsSecretRef.Name}
 	}); err != nil {
@@ -82,17 +226,19 @@ func (r *ManagedTokenReconciler) SetupWithManager(ctx context.Context, mgr ctrl.
 	if r.APIReader == nil {
 		r.APIReader = mgr.GetAPIReader()
 	}
-	secretMeta := &metav1.PartialObjectMetadata{}
-	secretMeta.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Secret"))
-	return ctrl.NewControllerManagedBy(mgr).
+	c, err := ctrl.NewControllerManagedBy(mgr).
 		For(&tokensv1alpha1.ManagedToken{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
 		// Output Secrets are owned; state Secrets have no owner (see
 		// state.go): both are mapped to their ManagedToken by label.
 		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(forOwnedSecret)).
-		WatchesRawSource(source.Kind(credsCache, secretMeta, handler.TypedEnqueueRequestsFromMapFunc(r.forCredentials))).
 		WithOptions(controller.Options{MaxConcurrentReconciles: maxConcurrent}).
 		Named("managedtoken").
-		Complete(r)
+		Build(r)
+	if err != nil {
+		return err
+	}
+	creds.bind(c, handler.TypedEnqueueRequestsFromMapFunc(r.forCredentials))
+	return nil
 }
 
 // forOwnedSecret maps a Secret the operator wrote to its ManagedToken.

@@ -32,8 +32,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -47,17 +45,15 @@ import (
 	"syscall"
 	"time"
 
-	"k8s.io/utils/ptr"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
+	"github.com/tokenkeeper/tokenkeeper/hack/internal/devenv"
 	"github.com/tokenkeeper/tokenkeeper/hack/sandbox/state"
 )
 
 const (
-	modulePath   = "github.com/tokenkeeper/tokenkeeper"
 	namespace    = "demo"
 	metricsAddr  = "127.0.0.1:8080"
 	probeAddr    = "127.0.0.1:8081"
@@ -68,8 +64,6 @@ const (
 	// fbCheckInterval is the Facebook tokens' checkInterval: the minimum, so
 	// the demo shows each token being checked.
 	fbCheckInterval = time.Minute
-	buildTimeout    = 20 * time.Minute
-	assetsTimeout   = 60 * time.Minute
 )
 
 // token is one ManagedToken the demo creates, with its credentials Secret.
@@ -124,11 +118,11 @@ func realMain() int {
 	go func() {
 		s := <-sigc
 		d.interrupted.Store(true)
-		say("\nreceived %s: stopping the demo (Ctrl-C again to kill everything at once)", s)
+		devenv.Say("\nreceived %s: stopping the demo (Ctrl-C again to kill everything at once)", s)
 		cancel()
 		<-sigc
-		say("second signal: killing the manager and the sandbox")
-		killAll()
+		devenv.Say("second signal: killing the manager and the sandbox")
+		devenv.KillAll()
 	}()
 
 	err := d.run(ctx)
@@ -139,11 +133,11 @@ func realMain() int {
 	}
 	stopped := d.interrupted.Load()
 	if err != nil && !stopped {
-		say("\ndemo failed: %v", err)
+		devenv.Say("\ndemo failed: %v", err)
 		d.showLogTails()
 	}
 	d.cleanup()
-	say("demo stopped")
+	devenv.Say("demo stopped")
 	if err != nil && !stopped {
 		return 1
 	}
@@ -156,10 +150,8 @@ type demo struct {
 	root, dir, kubeconfig, kubectlPath string
 	duration                           time.Duration
 
-	env      *envtest.Environment
-	cpLog    *os.File
-	sandbox  *child
-	manager  *child
+	sandbox  *devenv.Child
+	manager  *devenv.Child
 	st       *state.State
 	started  time.Time
 	cleanups []func()
@@ -172,7 +164,7 @@ type demo struct {
 
 func (d *demo) run(ctx context.Context) error {
 	var err error
-	if d.root, err = repoRoot(); err != nil {
+	if d.root, err = devenv.RepoRoot(); err != nil {
 		return err
 	}
 	if v := os.Getenv("DEMO_DURATION"); v != "" {
@@ -180,7 +172,7 @@ func (d *demo) run(ctx context.Context) error {
 			return fmt.Errorf("DEMO_DURATION=%q: %w (use a duration such as 150s or 5m)", v, err)
 		}
 		if d.duration < 90*time.Second {
-			say("note: the first AmoCRM refresh comes about a minute after start; with DEMO_DURATION=%s the refresh check will likely fail (use 150s)", d.duration)
+			devenv.Say("note: the first AmoCRM refresh comes about a minute after start; with DEMO_DURATION=%s the refresh check will likely fail (use 150s)", d.duration)
 		}
 	}
 	d.dir = filepath.Join(d.root, ".demo")
@@ -192,42 +184,42 @@ func (d *demo) run(ctx context.Context) error {
 	d.lastPrint = map[string]string{}
 
 	// Preflight: fail before starting anything.
-	if d.kubectlPath, err = findKubectl(); err != nil {
+	if d.kubectlPath, err = devenv.FindKubectl(); err != nil {
 		return err
 	}
 	for _, a := range []string{metricsAddr, probeAddr} {
-		if err := portFree(a); err != nil {
+		if err := devenv.PortFree(a); err != nil {
 			return fmt.Errorf("%s is in use (another demo or manager running?): %w", a, err)
 		}
 	}
-	assets, err := d.assets(ctx)
+	assets, err := devenv.Assets(ctx, d.root)
 	if err != nil {
 		return err
 	}
 
-	say("==> building bin/manager and bin/tokenkeeper-sandbox (the first build takes a few minutes)")
+	devenv.Say("==> building bin/manager and bin/tokenkeeper-sandbox (the first build takes a few minutes)")
 	for _, b := range [][2]string{{"bin/manager", "./cmd"}, {"bin/tokenkeeper-sandbox", "./hack/sandbox"}} {
-		if err := d.goBuild(ctx, b[0], b[1]); err != nil {
+		if err := devenv.GoBuild(ctx, d.root, b[0], b[1]); err != nil {
 			return err
 		}
 	}
 
-	say("==> starting the control plane (kube-apiserver and etcd from %s)", assets)
+	devenv.Say("==> starting the control plane (kube-apiserver and etcd from %s)", assets)
 	if err := d.startControlPlane(ctx, assets); err != nil {
 		return err
 	}
 
-	say("==> starting the sandbox providers (fake AmoCRM and Facebook on loopback)")
+	devenv.Say("==> starting the sandbox providers (fake AmoCRM and Facebook on loopback)")
 	if err := d.startSandbox(ctx); err != nil {
 		return err
 	}
 
-	say("==> starting the manager (log: .demo/manager.log)")
+	devenv.Say("==> starting the manager (log: .demo/manager.log)")
 	if err := d.startManager(ctx); err != nil {
 		return err
 	}
 
-	say("==> creating namespace %s, credentials Secrets and ManagedTokens with kubectl", namespace)
+	devenv.Say("==> creating namespace %s, credentials Secrets and ManagedTokens with kubectl", namespace)
 	if err := d.createObjects(ctx); err != nil {
 		return err
 	}
@@ -236,126 +228,39 @@ func (d *demo) run(ctx context.Context) error {
 	return d.watch(ctx)
 }
 
-// assets returns the folder holding kube-apiserver and etcd.
-func (d *demo) assets(ctx context.Context) (string, error) {
-	dir := os.Getenv("KUBEBUILDER_ASSETS")
-	if dir == "" {
-		say("==> KUBEBUILDER_ASSETS is not set: running hack/envtest-assets.sh (a cold build of kube-apiserver and etcd takes several minutes)")
-		cctx, cancel := context.WithTimeout(ctx, assetsTimeout)
-		defer cancel()
-		cmd := exec.CommandContext(cctx, filepath.Join(d.root, "hack", "envtest-assets.sh"))
-		cmd.Dir = d.root
-		cmd.Stderr = os.Stderr
-		cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
-		cmd.WaitDelay = 10 * time.Second
-		out, err := cmd.Output()
-		if err != nil {
-			return "", fmt.Errorf("hack/envtest-assets.sh: %w", ctxErr(cctx, err))
-		}
-		dir = strings.TrimSpace(string(out))
-	}
-	for _, bin := range []string{"kube-apiserver", "etcd"} {
-		if fi, err := os.Stat(filepath.Join(dir, bin)); err != nil || fi.Mode()&0o111 == 0 {
-			return "", fmt.Errorf("KUBEBUILDER_ASSETS=%s has no executable %s: run `make demo` (it builds them with hack/envtest-assets.sh)", dir, bin)
-		}
-	}
-	return dir, nil
-}
-
-func (d *demo) goBuild(ctx context.Context, out, pkg string) error {
-	cctx, cancel := context.WithTimeout(ctx, buildTimeout)
-	defer cancel()
-	start := time.Now()
-	cmd := exec.CommandContext(cctx, "go", "build", "-o", out, pkg)
-	cmd.Dir = d.root
-	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
-	cmd.WaitDelay = 10 * time.Second
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("go build -o %s %s: %w", out, pkg, ctxErr(cctx, err))
-	}
-	say("    built %s in %s", out, time.Since(start).Round(time.Second))
-	return nil
-}
-
 func (d *demo) startControlPlane(ctx context.Context, assets string) error {
-	var err error
-	if d.cpLog, err = os.OpenFile(filepath.Join(d.dir, "controlplane.log"), os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600); err != nil {
+	start := time.Now()
+	cp, err := devenv.StartControlPlane(ctx, d.root, assets, filepath.Join(d.dir, "controlplane.log"), nil)
+	if err != nil {
 		return err
 	}
-	d.env = &envtest.Environment{
-		BinaryAssetsDirectory:    assets,
-		UseExistingCluster:       ptr.To(false),
-		CRDDirectoryPaths:        []string{filepath.Join(d.root, "config", "crd", "bases")},
-		ErrorIfCRDPathMissing:    true,
-		ControlPlaneStartTimeout: 90 * time.Second,
-		ControlPlaneStopTimeout:  30 * time.Second,
-	}
-	d.env.ControlPlane.APIServer = &envtest.APIServer{Out: d.cpLog, Err: d.cpLog}
-	d.env.ControlPlane.Etcd = &envtest.Etcd{Out: d.cpLog, Err: d.cpLog}
-	start := time.Now()
-	// Register the stop before Start: a Start that fails half way may have
-	// left etcd running.
-	env := d.env
 	d.onCleanup(func() {
-		say("    stopping the control plane")
-		if err := env.Stop(); err != nil {
-			say("    stopping the control plane: %v", err)
+		devenv.Say("    stopping the control plane")
+		if err := cp.Stop(); err != nil {
+			devenv.Say("    stopping the control plane: %v", err)
 		}
 	})
-	if _, err := d.env.Start(); err != nil {
-		return fmt.Errorf("starting the control plane (see .demo/controlplane.log): %w", err)
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	user, err := d.env.AddUser(envtest.User{Name: "tokenkeeper-demo-admin", Groups: []string{"system:masters"}}, nil)
+	cfg, err := cp.AddAdmin("tokenkeeper-demo-admin", d.kubeconfig)
 	if err != nil {
-		return fmt.Errorf("creating the admin user: %w", err)
-	}
-	kc, err := user.KubeConfig()
-	if err != nil {
-		return fmt.Errorf("rendering the admin kubeconfig: %w", err)
-	}
-	if err := writeFile0600(d.kubeconfig, kc); err != nil {
 		return err
 	}
 	kubeconfig := d.kubeconfig
 	d.onCleanup(func() { _ = os.Remove(kubeconfig) })
-	say("    control plane up in %s at %s; admin kubeconfig: .demo/kubeconfig", time.Since(start).Round(time.Second), user.Config().Host)
+	devenv.Say("    control plane up in %s at %s; admin kubeconfig: .demo/kubeconfig", time.Since(start).Round(time.Second), cfg.Host)
 	return nil
 }
 
 func (d *demo) startSandbox(ctx context.Context) error {
-	stateFile := filepath.Join(d.dir, "sandbox.json")
-	_ = os.Remove(stateFile)
-	var err error
-	d.sandbox, err = startChild("sandbox", filepath.Join(d.root, "bin", "tokenkeeper-sandbox"),
-		[]string{"--state-file", stateFile, "--access-token-ttl", accessTTL.String()},
-		filepath.Join(d.dir, "sandbox.log"), d.root)
+	sb, st, err := devenv.StartSandbox(ctx, d.root, d.dir, "--access-token-ttl", accessTTL.String())
+	if sb != nil {
+		d.sandbox = sb
+		d.onCleanup(func() { sb.Stop(10 * time.Second) })
+	}
 	if err != nil {
 		return err
 	}
-	sb := d.sandbox
-	d.onCleanup(func() { sb.stop(10 * time.Second) })
-
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if st, err := state.Read(stateFile); err == nil {
-			d.st = st
-			break
-		}
-		if sb.exited() {
-			return fmt.Errorf("the sandbox exited before it was ready (%s); see .demo/sandbox.log", sb.exitErr())
-		}
-		if time.Now().After(deadline) {
-			return errors.New("the sandbox wrote no state file within 30s; see .demo/sandbox.log")
-		}
-		if err := sleep(ctx, 100*time.Millisecond); err != nil {
-			return err
-		}
-	}
-	say("    AmoCRM fake %s, Facebook fake %s", d.st.AmoCRMURL, d.st.FacebookURL)
+	d.st = st
+	devenv.Say("    AmoCRM fake %s, Facebook fake %s", d.st.AmoCRMURL, d.st.FacebookURL)
 	return nil
 }
 
@@ -371,35 +276,18 @@ func (d *demo) startManager(ctx context.Context) error {
 	}
 	// DEMO_MANAGER_ARGS adds flags, such as --zap-log-level=debug.
 	args = append(args, strings.Fields(os.Getenv("DEMO_MANAGER_ARGS"))...)
-	d.manager, err = startChild("manager", filepath.Join(d.root, "bin", "manager"), args, filepath.Join(d.dir, "manager.log"), d.root)
+	d.manager, err = devenv.StartChild("manager", filepath.Join(d.root, "bin", "manager"), args, filepath.Join(d.dir, "manager.log"), d.root)
 	if err != nil {
 		return err
 	}
 	m := d.manager
-	d.onCleanup(func() { m.stop(30 * time.Second) })
+	d.onCleanup(func() { m.Stop(30 * time.Second) })
 
 	start := time.Now()
-	deadline := start.Add(90 * time.Second)
-	hc := &http.Client{Timeout: 2 * time.Second}
-	for {
-		resp, err := hc.Get("http://" + probeAddr + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
-		}
-		if m.exited() {
-			return fmt.Errorf("the manager exited during start-up (%s); see .demo/manager.log", m.exitErr())
-		}
-		if time.Now().After(deadline) {
-			return errors.New("the manager was not ready (http://" + probeAddr + "/readyz) within 90s; see .demo/manager.log")
-		}
-		if err := sleep(ctx, 250*time.Millisecond); err != nil {
-			return err
-		}
+	if err := devenv.WaitReady(ctx, m, "http://"+probeAddr+"/readyz", 90*time.Second); err != nil {
+		return err
 	}
-	say("    manager ready in %s (pid %d)", time.Since(start).Round(100*time.Millisecond), m.cmd.Process.Pid)
+	devenv.Say("    manager ready in %s (pid %d)", time.Since(start).Round(100*time.Millisecond), m.Pid())
 	return nil
 }
 
@@ -427,7 +315,7 @@ func (d *demo) createObjects(ctx context.Context) error {
 		return err
 	}
 	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
-		say("    %s", l)
+		devenv.Say("    %s", l)
 	}
 	return nil
 }
@@ -455,7 +343,7 @@ func (d *demo) banner() {
 	if d.duration > 0 {
 		stop = fmt.Sprintf("The demo stops by itself after %s (DEMO_DURATION); Ctrl-C stops it sooner.", d.duration)
 	}
-	say(`
+	devenv.Say(`
 ================================================================================
  tokenkeeper demo is running
 ================================================================================
@@ -464,9 +352,9 @@ func (d *demo) banner() {
  Operator       bin/manager (leader election on), log: .demo/manager.log
  Namespace      %s, with four ManagedTokens:`, d.st.AmoCRMURL, d.st.FacebookURL, namespace)
 	for _, t := range tokens {
-		say("   %-24s %s", t.name, t.what)
+		devenv.Say("   %-24s %s", t.name, t.what)
 	}
-	say(`
+	devenv.Say(`
  AmoCRM access tokens live %s and refreshBefore is 2m, so the operator
  refreshes the amocrm token about once a minute. Each refresh consumes a
  single-use refresh token: "reused refresh tokens" must stay 0.
@@ -500,10 +388,10 @@ func (d *demo) watch(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-d.manager.done:
-			return fmt.Errorf("the manager exited unexpectedly (%s); see .demo/manager.log", d.manager.exitErr())
-		case <-d.sandbox.done:
-			return fmt.Errorf("the sandbox exited unexpectedly (%s); see .demo/sandbox.log", d.sandbox.exitErr())
+		case <-d.manager.Done():
+			return fmt.Errorf("the manager exited unexpectedly (%s); see .demo/manager.log", d.manager.ExitErr())
+		case <-d.sandbox.Done():
+			return fmt.Errorf("the sandbox exited unexpectedly (%s); see .demo/sandbox.log", d.sandbox.ExitErr())
 		case <-ticker.C:
 			d.tick(ctx, "")
 		case <-deadline:
@@ -519,8 +407,8 @@ func (d *demo) tick(ctx context.Context, title string) *state.Status {
 	if title == "" {
 		title = "running for " + time.Since(d.started).Round(time.Second).String()
 	}
-	say("\n--- %s  %s ---", time.Now().Format("15:04:05"), title)
-	say("$ kubectl get mt -n %s -o wide", namespace)
+	devenv.Say("\n--- %s  %s ---", time.Now().Format("15:04:05"), title)
+	devenv.Say("$ kubectl get mt -n %s -o wide", namespace)
 	if out, err := d.kubectl(ctx, "", "get", "mt", "-n", namespace, "-o", "wide"); err != nil {
 		d.warn(ctx, err)
 	} else {
@@ -531,7 +419,7 @@ func (d *demo) tick(ctx context.Context, title string) *state.Status {
 		return nil // interrupted: print nothing half-read
 	}
 
-	say("Output Secrets (access_token shown as a sha256 fingerprint, never in clear):")
+	devenv.Say("Output Secrets (access_token shown as a sha256 fingerprint, never in clear):")
 	secrets, err := d.outputSecrets(ctx)
 	if ctx.Err() != nil {
 		return nil
@@ -543,7 +431,7 @@ func (d *demo) tick(ctx context.Context, title string) *state.Status {
 	for _, t := range tokens {
 		sec, ok := secrets[t.output]
 		if !ok {
-			say("  %-29s (not created yet)", t.output)
+			devenv.Say("  %-29s (not created yet)", t.output)
 			continue
 		}
 		keys := make([]string, 0, len(sec))
@@ -567,24 +455,24 @@ func (d *demo) tick(ctx context.Context, title string) *state.Status {
 			}
 		}
 		d.lastPrint[t.output] = fp
-		say("  %-29s keys=%s  expires_at=%s  access_token=%s%s", t.output, strings.Join(keys, ","), exp, fp, mark)
+		devenv.Say("  %-29s keys=%s  expires_at=%s  access_token=%s%s", t.output, strings.Join(keys, ","), exp, fp, mark)
 	}
 
-	s, err := d.sandboxStatus(ctx)
+	s, err := devenv.SandboxStatus(ctx, d.st.StatusURL)
 	if err != nil {
 		d.warn(ctx, err)
 		return nil
 	}
 	refreshes := max(s.RefreshGrants-1, 0)
-	say("Sandbox: AmoCRM refresh grants %d (bootstrap + %d refreshes), reused refresh tokens %d (must stay 0), account probes %d",
+	devenv.Say("Sandbox: AmoCRM refresh grants %d (bootstrap + %d refreshes), reused refresh tokens %d (must stay 0), account probes %d",
 		s.RefreshGrants, refreshes, s.ReusedRefreshTokens, s.AccountProbes)
-	say("         Facebook exchanges %d, system-user refreshes %d, debug_token calls %d",
+	devenv.Say("         Facebook exchanges %d, system-user refreshes %d, debug_token calls %d",
 		s.FacebookExchanges, s.FacebookRefreshes, s.DebugTokenCalls)
 	if s.ReusedRefreshTokens > 0 {
-		say("WARNING: the operator presented an already consumed AmoCRM refresh token %d time(s)", s.ReusedRefreshTokens)
+		devenv.Say("WARNING: the operator presented an already consumed AmoCRM refresh token %d time(s)", s.ReusedRefreshTokens)
 	}
 	for _, p := range overBudget(s, time.Since(d.started)) {
-		say("WARNING: %s", p)
+		devenv.Say("WARNING: %s", p)
 	}
 	return s
 }
@@ -643,20 +531,20 @@ func (d *demo) verdict(s *state.Status) error {
 	}
 	for _, t := range tokens {
 		if t.name != amoCRMMTName && !d.everReady[t.name] {
-			say("note: ManagedToken %s never became Ready", t.name)
+			devenv.Say("note: ManagedToken %s never became Ready", t.name)
 		}
 	}
 	if len(problems) > 0 {
 		return errors.New(strings.Join(problems, "; "))
 	}
-	say("\nOK: amocrm became Ready, was refreshed %d time(s) after the bootstrap (%d distinct access tokens seen in its output Secret), and no refresh token was reused.",
+	devenv.Say("\nOK: amocrm became Ready, was refreshed %d time(s) after the bootstrap (%d distinct access tokens seen in its output Secret), and no refresh token was reused.",
 		s.RefreshGrants-1, d.amoVersions)
 	return nil
 }
 
 func (d *demo) warn(ctx context.Context, err error) {
 	if ctx.Err() == nil {
-		say("  (%v)", err)
+		devenv.Say("  (%v)", err)
 	}
 }
 
@@ -725,28 +613,6 @@ func (d *demo) outputSecrets(ctx context.Context) (map[string]map[string]string,
 	return res, nil
 }
 
-func (d *demo) sandboxStatus(ctx context.Context) (*state.Status, error) {
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(cctx, http.MethodGet, d.st.StatusURL, nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("reading the sandbox counters: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("reading the sandbox counters: HTTP %d", resp.StatusCode)
-	}
-	s := &state.Status{}
-	if err := json.NewDecoder(resp.Body).Decode(s); err != nil {
-		return nil, fmt.Errorf("reading the sandbox counters: %w", err)
-	}
-	return s, nil
-}
-
 // kubectl runs the real kubectl against the demo cluster. Errors name the
 // command with --from-literal values elided.
 func (d *demo) kubectl(ctx context.Context, stdin string, args ...string) (string, error) {
@@ -760,7 +626,7 @@ func (d *demo) kubectl(ctx context.Context, stdin string, args ...string) (strin
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("kubectl %s: %w: %s", describeArgs(args), ctxErr(cctx, err), redact(strings.TrimSpace(stderr.String())))
+		return "", fmt.Errorf("kubectl %s: %w: %s", describeArgs(args), devenv.CtxErr(cctx, err), redact(strings.TrimSpace(stderr.String())))
 	}
 	return stdout.String(), nil
 }
@@ -781,17 +647,14 @@ func describeArgs(args []string) string {
 // releases its lease), then the sandbox, then the control plane.
 func (d *demo) cleanup() {
 	if len(d.cleanups) > 0 {
-		say("\n==> stopping")
+		devenv.Say("\n==> stopping")
 	}
 	for i := len(d.cleanups) - 1; i >= 0; i-- {
 		d.cleanups[i]()
 	}
 	d.cleanups = nil
-	if d.cpLog != nil {
-		_ = d.cpLog.Close()
-	}
 	if d.dir != "" {
-		say("logs kept in .demo/ (manager.log, sandbox.log, controlplane.log)")
+		devenv.Say("logs kept in .demo/ (manager.log, sandbox.log, controlplane.log)")
 	}
 }
 
@@ -800,11 +663,11 @@ func (d *demo) onCleanup(f func()) { d.cleanups = append(d.cleanups, f) }
 // showLogTails prints the end of the manager's and the sandbox's logs after
 // a failure, with anything that looks like a token elided.
 func (d *demo) showLogTails() {
-	for _, c := range []*child{d.manager, d.sandbox} {
+	for _, c := range []*devenv.Child{d.manager, d.sandbox} {
 		if c == nil {
 			continue
 		}
-		b, err := os.ReadFile(c.logPath)
+		b, err := os.ReadFile(c.LogPath)
 		if err != nil || len(b) == 0 {
 			continue
 		}
@@ -812,9 +675,9 @@ func (d *demo) showLogTails() {
 		if len(lines) > 15 {
 			lines = lines[len(lines)-15:]
 		}
-		say("--- last lines of %s (long token-like strings elided) ---", c.logPath)
+		devenv.Say("--- last lines of %s (long token-like strings elided) ---", c.LogPath)
 		for _, l := range lines {
-			say("  %s", redact(l))
+			devenv.Say("  %s", redact(l))
 		}
 	}
 }
@@ -874,77 +737,3 @@ func parseDuration(v string) (time.Duration, error) {
 	}
 	return d, nil
 }
-
-// repoRoot finds the module root from the working directory up.
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && bytes.Contains(b, []byte("module "+modulePath+"\n")) {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("run the demo from the tokenkeeper repository (make demo)")
-		}
-		dir = parent
-	}
-}
-
-func findKubectl() (string, error) {
-	name := os.Getenv("KUBECTL")
-	if name == "" {
-		name = "kubectl"
-	}
-	p, err := exec.LookPath(name)
-	if err != nil {
-		return "", fmt.Errorf("kubectl not found (%v): install it (for example apt-get install kubectl) or set KUBECTL to its path", err)
-	}
-	return p, nil
-}
-
-func portFree(addr string) error {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return err
-	}
-	return ln.Close()
-}
-
-func writeFile0600(path string, b []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	if err := os.Chmod(tmp, 0o600); err != nil { // WriteFile keeps the mode of an existing file
-		return err
-	}
-	return os.Rename(tmp, path)
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
-
-// ctxErr prefers the context's error (timeout, interrupt) to the
-// "signal: killed" of a command it cancelled.
-func ctxErr(ctx context.Context, err error) error {
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return fmt.Errorf("timed out: %w", err)
-	}
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	return err
-}
-
-func say(format string, args ...any) { fmt.Printf(format+"\n", args...) }

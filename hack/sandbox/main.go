@@ -53,6 +53,7 @@ type config struct {
 	clientID, clientSecret, redirect string
 	appID, appSecret                 string
 	stateFile                        string
+	extraRefreshTokens               int
 }
 
 func main() {
@@ -67,6 +68,7 @@ func main() {
 	flag.StringVar(&c.redirect, "redirect-uri", DefaultRedirectURI, "AmoCRM integration redirect URI the fake requires (spec.amocrm.redirectURI).")
 	flag.StringVar(&c.appID, "app-id", DefaultAppID, "Facebook app ID the fake accepts.")
 	flag.StringVar(&c.appSecret, "app-secret", DefaultAppSecret, "Facebook app secret the fake accepts.")
+	flag.IntVar(&c.extraRefreshTokens, "amocrm-refresh-tokens", 0, "Also mint this many AmoCRM refresh tokens into the state file (for make bench: one per ManagedToken).")
 	flag.StringVar(&c.stateFile, "state-file", "", "Write the URLs and the minted demo credentials to this JSON file (mode 0600); removed on exit.")
 	flag.Parse()
 	if flag.NArg() > 0 {
@@ -150,6 +152,9 @@ func run(ctx context.Context, c config, logger *log.Logger, ready func(*state.St
 	fbCreds := func(kind facebookfake.Kind, exp time.Time) state.Facebook {
 		return state.Facebook{AppID: fb.AppID(), AppSecret: fb.AppSecret(), AccessToken: fb.IssueToken(kind, exp)}
 	}
+	for range c.extraRefreshTokens {
+		st.Credentials.AmoCRMRefreshTokens = append(st.Credentials.AmoCRMRefreshTokens, amo.IssueRefreshToken())
+	}
 	st.Credentials.FacebookUserShort = fbCreds(facebookfake.KindUserShort, time.Time{})
 	st.Credentials.FacebookSystemUserExpiring = fbCreds(facebookfake.KindSystemUserExpiring, now.Add(c.systemUserExpiresIn))
 	st.Credentials.FacebookSystemUserNonExpiring = fbCreds(facebookfake.KindSystemUserNonExpiring, time.Time{})
@@ -190,6 +195,8 @@ func (c config) validate() error {
 		return fmt.Errorf("--facebook-long-lived-ttl must be at least 1s, got %s", c.longLivedTTL)
 	case c.systemUserExpiresIn < time.Second:
 		return fmt.Errorf("--facebook-system-user-expires-in must be at least 1s, got %s", c.systemUserExpiresIn)
+	case c.extraRefreshTokens < 0 || c.extraRefreshTokens > 100000:
+		return fmt.Errorf("--amocrm-refresh-tokens must be between 0 and 100000, got %d", c.extraRefreshTokens)
 	case c.clientID == "" || c.clientSecret == "" || c.appID == "" || c.appSecret == "":
 		return errors.New("--client-id, --client-secret, --app-id and --app-secret must not be empty")
 	case !strings.HasPrefix(c.redirect, "https://"):

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -39,7 +40,7 @@ func testConfig(stateFile string) config {
 		amocrmListen: "127.0.0.1:0", facebookListen: "127.0.0.1:0",
 		accessTokenTTL: 3 * time.Minute, longLivedTTL: 60 * 24 * time.Hour, systemUserExpiresIn: 72 * time.Hour,
 		clientID: DefaultClientID, clientSecret: DefaultClientSecret, redirect: DefaultRedirectURI,
-		appID: DefaultAppID, appSecret: DefaultAppSecret, stateFile: stateFile,
+		appID: DefaultAppID, appSecret: DefaultAppSecret, stateFile: stateFile, extraRefreshTokens: 2,
 	}
 }
 
@@ -74,7 +75,7 @@ func TestSandbox(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if *fromFile != *st {
+	if !reflect.DeepEqual(fromFile, st) {
 		t.Errorf("state file differs from the state handed to ready")
 	}
 	creds := st.Credentials
@@ -120,6 +121,21 @@ func TestSandbox(t *testing.T) {
 		t.Fatal("a consumed refresh token was accepted")
 	}
 
+	// The extra refresh tokens are distinct and each works once.
+	extra := creds.AmoCRMRefreshTokens
+	if len(extra) != 2 || extra[0] == extra[1] || extra[0] == creds.AmoCRM.RefreshToken || extra[1] == creds.AmoCRM.RefreshToken {
+		t.Fatalf("want 2 distinct extra refresh tokens, got %d", len(extra))
+	}
+	form.Set("refresh_token", extra[1])
+	resp, err = http.PostForm(st.AmoCRMURL+"/oauth2/access_token", form)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("AmoCRM refresh with an extra refresh token: HTTP %d", resp.StatusCode)
+	}
+
 	// A Facebook exchange of the short-lived user token.
 	q := url.Values{
 		"grant_type": {"fb_exchange_token"}, "client_id": {creds.FacebookUserShort.AppID},
@@ -150,7 +166,7 @@ func TestSandbox(t *testing.T) {
 	if err := json.Unmarshal(raw.Bytes(), &s); err != nil {
 		t.Fatal(err)
 	}
-	want := state.Status{RefreshGrants: 2, ReusedRefreshTokens: 1, FacebookExchanges: 1}
+	want := state.Status{RefreshGrants: 3, ReusedRefreshTokens: 1, FacebookExchanges: 1}
 	if s != want {
 		t.Errorf("status = %+v, want %+v", s, want)
 	}
@@ -173,7 +189,7 @@ func TestSandbox(t *testing.T) {
 		t.Errorf("request lines missing from the log:\n%s", out)
 	}
 	secrets := []string{
-		creds.AmoCRM.ClientSecret, creds.AmoCRM.RefreshToken, tok.AccessToken, fbTok.AccessToken,
+		creds.AmoCRM.ClientSecret, creds.AmoCRM.RefreshToken, extra[0], extra[1], tok.AccessToken, fbTok.AccessToken,
 		creds.FacebookUserShort.AppSecret, creds.FacebookUserShort.AccessToken,
 		creds.FacebookSystemUserExpiring.AccessToken, creds.FacebookSystemUserNonExpiring.AccessToken,
 	}

@@ -218,7 +218,7 @@ func TestChartValues(t *testing.T) {
 	t.Parallel()
 	chart := helmTemplate(t, "--set", strings.Join([]string{
 		"leaderElection.enabled=false",
-		"kubeAPI.qps=50", "kubeAPI.burst=100", "maxConcurrentReconciles=8",
+		"kubeAPI.qps=80", "kubeAPI.burst=160", "maxConcurrentReconciles=8",
 		"providers.facebookURL=https://fb-proxy.example.com",
 		"providers.amocrmURL=https://amo-proxy.example.com",
 		"providers.timeout=10s",
@@ -228,7 +228,7 @@ func TestChartValues(t *testing.T) {
 	c := managerContainer(t, deploymentOf(t, chart))
 	want := []string{
 		"--health-probe-bind-address=:8081", "--metrics-bind-address=:9090",
-		"--kube-api-qps=50", "--kube-api-burst=100", "--max-concurrent-reconciles=8",
+		"--kube-api-qps=80", "--kube-api-burst=160", "--max-concurrent-reconciles=8",
 		"--facebook-url=https://fb-proxy.example.com", "--amocrm-url=https://amo-proxy.example.com",
 		"--provider-timeout=10s", "--zap-log-level=debug",
 	}

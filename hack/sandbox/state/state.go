@@ -37,6 +37,9 @@ type Credentials struct {
 	FacebookSystemUserExpiring Facebook `json:"facebookSystemUserExpiring"`
 	// FacebookSystemUserNonExpiring holds a SYSTEM_USER token that never expires.
 	FacebookSystemUserNonExpiring Facebook `json:"facebookSystemUserNonExpiring"`
+	// AmoCRMRefreshTokens are more refresh tokens of the same AmoCRM
+	// integration, one per ManagedToken of a benchmark (--amocrm-refresh-tokens).
+	AmoCRMRefreshTokens []string `json:"amocrmRefreshTokens,omitempty"`
 }
 
 // AmoCRM are an AmoCRM integration's credentials. The keys of Secret are the
