@@ -60,24 +60,34 @@ func (r *ManagedTokenReconciler) execute(ctx context.Context, in *inputs, p plan
 		log.FromContext(ctx).Info("adopting the state Secret of an earlier ManagedToken of this name")
 		return r.commit(ctx, in, nil, in.record.rv, in.record.state, outcome{state: in.record.state})
 	}
-	switch p.Action {
-	case actionProbe:
-		return r.probe(ctx, in, p)
-	case actionRefresh, actionBootstrap:
-		return r.spend(ctx, in, p)
+	if p.Action == actionNone {
+		return out
 	}
-	return out
+	if in.creds == nil {
+		// A call is due: now the credentials are needed.
+		if err := r.readCredentials(ctx, in); err != nil {
+			out.storeErr = err
+			return out
+		}
+		if in.problem != nil {
+			return out
+		}
+	}
+	if p.Action == actionProbe {
+		return r.probe(ctx, in, p)
+	}
+	return r.spend(ctx, in, p)
 }
 
 // spend runs the rotation protocol for one refresh or grant exchange:
 //
-//  1. re-read the state Secret from the API server, and decide again if it
-//     moved (a stale cache never causes a spend);
-//  2. record the intent (what is spent, until when) with a write
-//     conditional on that read; a conflict means someone else moved first;
-//  3. call the provider and store the outcome, as one critical section
+//  1. record the intent (what is spent, until when) with a write
+//     conditional on the resourceVersion the decision was based on (read
+//     from the cache): a conflict means the cache was stale or someone else
+//     moved first, and the run decides again instead of spending;
+//  2. call the provider and store the outcome, as one critical section
 //     that shutdown cannot cut (a bounded deadline instead);
-//  4. if the outcome cannot be stored, keep a new pair in memory, retry, and
+//  3. if the outcome cannot be stored, keep a new pair in memory, retry, and
 //     call the provider for nothing else until it is stored.
 //
 // TestCrashPoints kills or cancels the manager at each boundary.
@@ -89,18 +99,6 @@ func (r *ManagedTokenReconciler) spend(ctx context.Context, in *inputs, p plan) 
 		out.deferred = true
 		return out
 	}
-	sec, err := readStateSecret(ctx, r.APIReader, in.mt)
-	if err != nil {
-		out.storeErr = err
-		return out
-	}
-	live, problem := parseStateSecret(sec, in.mt)
-	if problem != nil || live.rv != in.record.rv {
-		logger.V(1).Info("state changed since the cache was read; deciding again")
-		out.conflict = true
-		return out
-	}
-
 	base := in.record.state
 	intent := &spendIntent{Started: in.now, Deadline: in.now.Add(r.spendTimeout()), Request: in.forceRequest()}
 	var grantFP string
@@ -121,8 +119,10 @@ func (r *ManagedTokenReconciler) spend(ctx context.Context, in *inputs, p plan) 
 	}
 	withIntent := base.clone()
 	withIntent.Intent = intent
+	withIntent.CredsVersion = in.credsVersion
 	rv, err := r.saveState(ctx, in.mt, in.record.rv, withIntent)
 	if errors.Is(err, errConflict) {
+		logger.V(1).Info("state changed since it was read; deciding again")
 		out.conflict = true
 		return out
 	}
@@ -178,7 +178,7 @@ func settle(in *inputs, withIntent tokenState, tok *provider.Token, err error) (
 			o.grantRejected = pe
 			return next, o
 		}
-		next.Token = tok
+		next.Token = storedForm(tok)
 		next.Failure, next.GrantRejection = nil, nil
 		if intent.Op == opBootstrap {
 			next = next.withConsumed(intent.Spent)
@@ -381,6 +381,7 @@ func (r *ManagedTokenReconciler) probe(ctx context.Context, in *inputs, p plan) 
 			return r.probeAfterRefresh(ctx, in, out)
 		}
 		next := base.clone()
+		next.CredsVersion = in.credsVersion
 		count := int32(1)
 		if base.Failure != nil {
 			count = base.Failure.Count + 1
@@ -392,8 +393,9 @@ func (r *ManagedTokenReconciler) probe(ctx context.Context, in *inputs, p plan) 
 		return r.commit(ctx, in, nil, in.record.rv, next, outcome{failure: pe})
 	}
 	next := base.clone()
-	mergeMetadata(next.Token, tok)
+	mergeMetadata(next.Token, storedForm(tok))
 	next.Failure = nil
+	next.CredsVersion = in.credsVersion
 	if in.forceRequest() != "" {
 		next.HandledRequest = in.forceRequest()
 	}

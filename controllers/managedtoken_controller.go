@@ -48,6 +48,12 @@ type ManagedTokenReconciler struct {
 	// OrphanRetention is how long a state Secret outlives its ManagedToken
 	// (for a re-create to adopt it). Default 720h.
 	OrphanRetention time.Duration
+	// CredentialsVersion, when set, returns a credentials Secret's
+	// resourceVersion from the metadata watch (SetupWithManager wires it).
+	// When it equals the version the stored state was decided with, the
+	// credentials are read from the API server only if a provider call is
+	// due: a restart with every token fresh costs no per-token request.
+	CredentialsVersion func(ctx context.Context, namespace, name string) (string, bool)
 
 	memOnce sync.Once
 	mem     *memory
@@ -136,6 +142,7 @@ func (r *ManagedTokenReconciler) load(ctx context.Context, key types.NamespacedN
 		}
 		return nil, err
 	}
+	r.memory().catchUp(key, mt)
 	in := &inputs{
 		key: key, mt: mt, now: r.Clock.Now(),
 		refreshJitter: tokenJitter(string(mt.UID)),
@@ -168,14 +175,30 @@ func (r *ManagedTokenReconciler) load(ctx context.Context, key types.NamespacedN
 	}
 	in.refreshBefore = effectiveRefreshBefore(&mt.Spec, in.current().Token)
 
+	if r.CredentialsVersion != nil && in.problem == nil {
+		rv, ok := r.CredentialsVersion(ctx, mt.Namespace, mt.Spec.CredentialsSecretRef.Name)
+		if st := in.current(); ok && rv != "" && rv == st.CredsVersion {
+			// Unchanged since the stored state was decided with them: no
+			// new grant can be there. Read them when a call is due.
+			in.credsVersion = rv
+			return in, nil
+		}
+	}
+	return in, r.readCredentials(ctx, in)
+}
+
+// readCredentials reads the credentials Secret from the API server and
+// validates it for the stored token.
+func (r *ManagedTokenReconciler) readCredentials(ctx context.Context, in *inputs) error {
+	mt := in.mt
 	ref := mt.Spec.CredentialsSecretRef.Name
 	creds := &corev1.Secret{}
 	if err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: mt.Namespace, Name: ref}, creds); err != nil {
 		if !apierrors.IsNotFound(err) {
-			return nil, fmt.Errorf("reading credentials Secret %s: %w", ref, err)
+			return fmt.Errorf("reading credentials Secret %s: %w", ref, err)
 		}
 		in.block(ReasonCredentialsSecretNotFound, "credentials Secret %q not found in namespace %q: create it (see config/samples)", ref, mt.Namespace)
-		return in, nil
+		return nil
 	}
 	in.creds, in.credsVersion = provider.Credentials(creds.Data), creds.ResourceVersion
 	if in.prov != nil {
@@ -183,7 +206,7 @@ func (r *ManagedTokenReconciler) load(ctx context.Context, key types.NamespacedN
 			in.block(ReasonCredentialsKeyMissing, "credentials Secret %q: %s", ref, provider.AsError(err).Message)
 		}
 	}
-	return in, nil
+	return nil
 }
 
 // current is the state this run starts from: a pending pair, a state to
@@ -288,6 +311,11 @@ func (in *inputs) decisionInput() decisionInput {
 	}
 	if lc := in.mt.Status.LastCheckTime; lc != nil {
 		d.LastCheck = lc.Time
+	}
+	if t := st.Token; t != nil && t.ObtainedAt.After(d.LastCheck) {
+		// Obtaining a token is a check too; and status may lag in the
+		// cache right after the write that stored it.
+		d.LastCheck = t.ObtainedAt
 	}
 	d.Grant, _ = in.bootstrapGrant()
 	return d

@@ -51,6 +51,7 @@ const (
 	keyIntent               = "spend_intent"
 	keyFailure              = "last_failure"
 	keyGrantRejection       = "grant_rejection"
+	keyCredentialsVersion   = "credentials_version"
 
 	// maxConsumed bounds the remembered grant fingerprints.
 	maxConsumed = 16
@@ -81,6 +82,9 @@ type tokenState struct {
 	// token was stored: the token stays, and the grant is not retried until
 	// its value changes.
 	GrantRejection *failureRecord
+	// CredsVersion is the credentials Secret's resourceVersion this state
+	// was decided with (see ManagedTokenReconciler.CredentialsVersion).
+	CredsVersion string
 }
 
 // spendIntent is written, with a conditional update, before a refresh token
@@ -196,6 +200,9 @@ func encodeState(s tokenState) map[string][]byte {
 	if s.HandledRequest != "" {
 		d[keyHandledRequest] = []byte(s.HandledRequest)
 	}
+	if s.CredsVersion != "" {
+		d[keyCredentialsVersion] = []byte(s.CredsVersion)
+	}
 	putJSON := func(k string, v any) {
 		b, err := json.Marshal(v)
 		if err == nil {
@@ -246,6 +253,26 @@ func encodeState(s tokenState) map[string][]byte {
 	return d
 }
 
+// storedForm returns t with its times as the state Secret keeps them (UTC,
+// whole seconds), so a decision made right after obtaining a token is the
+// same as one made after reading it back.
+func storedForm(t *provider.Token) *provider.Token {
+	if t == nil {
+		return nil
+	}
+	cp := *t
+	cp.Scopes = slices.Clone(t.Scopes)
+	for _, tm := range []*time.Time{&cp.ExpiresAt, &cp.RefreshTokenExpiresAt, &cp.DataAccessExpiresAt, &cp.ObtainedAt} {
+		if !tm.IsZero() {
+			*tm = tm.UTC().Truncate(time.Second)
+		}
+	}
+	if !cp.Expires {
+		cp.ExpiresAt = time.Time{}
+	}
+	return &cp
+}
+
 // errCorruptState is a state Secret the operator cannot read. It is never
 // overwritten: that could drop a live refresh token.
 type errCorruptState struct{ key string }
@@ -264,6 +291,7 @@ func decodeState(d map[string][]byte) (tokenState, error) {
 		s.Consumed = strings.Split(c, "\n")
 	}
 	s.HandledRequest = string(d[keyHandledRequest])
+	s.CredsVersion = string(d[keyCredentialsVersion])
 	getJSON := func(k string, v any) error {
 		if len(d[k]) == 0 {
 			return nil

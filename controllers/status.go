@@ -31,6 +31,7 @@ func (r *ManagedTokenReconciler) finish(ctx context.Context, in *inputs, out out
 		if err := r.Status().Patch(ctx, after, client.MergeFrom(in.mt)); err != nil {
 			return ctrl.Result{}, errors.Join(pub.err, err)
 		}
+		r.memory().wroteStatus(in.key, in.mt.UID, in.mt.ResourceVersion, status)
 	}
 	if pub.err != nil {
 		return ctrl.Result{}, pub.err

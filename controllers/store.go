@@ -139,6 +139,16 @@ type memory struct {
 	pending  map[types.NamespacedName]memEntry
 	last     map[types.NamespacedName]memEntry
 	restarts map[types.NamespacedName]bool
+	// written is the status this process last wrote, with the
+	// resourceVersion the ManagedToken had before that write: while the
+	// cache still shows that version, the cache has not seen the write.
+	written map[types.NamespacedName]writtenStatus
+}
+
+type writtenStatus struct {
+	uid    types.UID
+	before string
+	status tokensv1alpha1.ManagedTokenStatus
 }
 
 type memEntry struct {
@@ -152,6 +162,25 @@ func newMemory() *memory {
 		pending:  map[types.NamespacedName]memEntry{},
 		last:     map[types.NamespacedName]memEntry{},
 		restarts: map[types.NamespacedName]bool{},
+		written:  map[types.NamespacedName]writtenStatus{},
+	}
+}
+
+// wroteStatus records a status write made on top of resourceVersion before.
+func (m *memory) wroteStatus(key types.NamespacedName, uid types.UID, before string, st tokensv1alpha1.ManagedTokenStatus) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.written[key] = writtenStatus{uid: uid, before: before, status: *st.DeepCopy()}
+}
+
+// catchUp replaces mt's status by the one this process wrote when the cache
+// has not seen that write yet, so a reconcile right after it neither writes
+// the same status again nor reports the same transition twice.
+func (m *memory) catchUp(key types.NamespacedName, mt *tokensv1alpha1.ManagedToken) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if w, ok := m.written[key]; ok && w.uid == mt.UID && w.before == mt.ResourceVersion {
+		mt.Status = *w.status.DeepCopy()
 	}
 }
 
@@ -209,4 +238,5 @@ func (m *memory) forget(key types.NamespacedName) {
 	defer m.mu.Unlock()
 	delete(m.last, key)
 	delete(m.restarts, key)
+	delete(m.written, key)
 }
