@@ -1,11 +1,11 @@
 package controllers
 
 import (
-	"time"
 	"context"
 	"net/http"
 	"sort"
 	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
