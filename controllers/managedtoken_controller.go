@@ -23,13 +23,14 @@ import (
 
 // ManagedTokenReconciler keeps the token of each ManagedToken fresh.
 //
-// Decisions start from the informer cache (the ManagedToken and the
-// operator's own Secrets). Before any provider call the state Secret is read
-// again from the API server, and every state write is conditional on the
-// resourceVersion the decision was based on (see saveState), so a lagging
-// cache, a second reconciler or a second manager can never make the
+// Decisions are made from the informer caches (the ManagedToken, the
+// operator's own Secrets, the credentials Secrets' metadata). Every state
+// write is conditional on the resourceVersion the decision was based on
+// (see saveState), and a spend first writes its intent that way, so a
+// lagging cache, a second reconciler or a second manager can never make the
 // operator spend a refresh token twice or store an older pair over a newer
-// one (TestRaceTwoManagers, TestProbeRacingRefreshNeverRestoresOldPair).
+// one: it gets a conflict and decides again (TestRaceTwoManagers,
+// TestLosingRefresherNeverHalts, TestProbeRacingRefreshNeverRestoresOldPair).
 type ManagedTokenReconciler struct {
 	client.Client
 	// APIReader reads straight from the API server.
