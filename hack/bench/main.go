@@ -285,8 +285,13 @@ func (b *bench) startManager(ctx context.Context, logName string) error {
 		"--kube-api-burst", fmt.Sprint(b.cfg.burst),
 		"--max-concurrent-reconciles", fmt.Sprint(b.cfg.workers),
 		// V(1) logs each token's "decided" line: how the restart counts
-		// the tokens it examined.
+		// the tokens it examined. Development mode turns off zap's
+		// production sampling (100 identical lines a second, then one in
+		// 100), which would hide most of them once reconciles run faster
+		// than that; the JSON encoder keeps the production field names.
 		"--zap-log-level=debug",
+		"--zap-devel=true",
+		"--zap-encoder=json",
 	}
 	args = append(args, strings.Fields(b.cfg.managerArgs)...)
 	m, err := devenv.StartChild("manager", b.cfg.managerBin, args, filepath.Join(b.dir, logName), b.root)
