@@ -46,10 +46,12 @@ type outcome struct {
 func (r *ManagedTokenReconciler) execute(ctx context.Context, in *inputs, p plan) outcome {
 	out := outcome{state: in.current(), rv: in.record.rv, stored: in.pending == nil}
 	switch {
+	case in.pending != nil:
+		// First store a pair the provider issued (load sets no pending pair
+		// when the state Secret itself is the problem).
+		return r.storePending(ctx, in)
 	case in.problem != nil:
 		return out
-	case in.pending != nil:
-		return r.storePending(ctx, in)
 	case in.restore != nil:
 		// The state Secret was deleted: write what we know again rather
 		// than lose the refresh token. Nothing else happens this run.
