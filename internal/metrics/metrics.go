@@ -130,7 +130,9 @@ func (c *tokenCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var list tokensv1alpha1.ManagedTokenList
-	if err := c.m.reader.List(ctx, &list); err != nil {
+	// The collector only reads: list the cache's own objects, without a deep
+	// copy of every ManagedToken per scrape. Nothing here may modify them.
+	if err := c.m.reader.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
 		return
 	}
 	for i := range list.Items {

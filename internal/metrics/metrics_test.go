@@ -19,9 +19,16 @@ import (
 type listReader struct {
 	client.Reader
 	items []tokensv1alpha1.ManagedToken
+	// copied counts lists that asked for deep copies.
+	copied int
 }
 
-func (l *listReader) List(_ context.Context, list client.ObjectList, _ ...client.ListOption) error {
+func (l *listReader) List(_ context.Context, list client.ObjectList, opts ...client.ListOption) error {
+	lo := &client.ListOptions{}
+	lo.ApplyOptions(opts)
+	if lo.UnsafeDisableDeepCopy == nil || !*lo.UnsafeDisableDeepCopy {
+		l.copied++
+	}
 	list.(*tokensv1alpha1.ManagedTokenList).Items = l.items
 	return nil
 }
@@ -85,6 +92,9 @@ tokenkeeper_refresh_total{provider="AmoCRM",result="success"} 1
 	}
 	if n := testutil.CollectAndCount(m.duration); n != 2 {
 		t.Fatalf("latency histogram series = %d, want 2", n)
+	}
+	if reader.copied != 0 {
+		t.Fatalf("%d scrapes deep-copied every ManagedToken from the cache", reader.copied)
 	}
 
 	// A deleted token leaves no series behind: the gauges come from the list.
