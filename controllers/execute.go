@@ -230,13 +230,17 @@ func settle(in *inputs, withIntent tokenState, tok *provider.Token, err error) (
 			next = next.withConsumed(intent.Spent)
 		}
 	}
-	count := int32(1)
-	if f := withIntent.Failure; f != nil {
-		count = f.Count + 1
-	}
-	next.Failure = failureFrom(pe, in, withIntent.Token, count)
+	next.Failure = failureFrom(pe, in, withIntent.Token, nextFailureCount(withIntent.Failure))
 	o.failure = pe
 	return next, o
+}
+
+// nextFailureCount is the consecutive-failure count after one more failure.
+func nextFailureCount(prev *failureRecord) int32 {
+	if prev == nil {
+		return 1
+	}
+	return prev.Count + 1
 }
 
 // failureFrom builds the stored record of a failure: halted when a human
@@ -371,6 +375,13 @@ func (r *ManagedTokenReconciler) probe(ctx context.Context, in *inputs, p plan) 
 	base := in.record.state
 	req := provider.Request{Spec: &in.mt.Spec, Credentials: in.creds}
 	tok, err := in.prov.Probe(ctx, req, base.Token)
+	// What a probe may write: bookkeeping and token metadata, never the
+	// token values (see mergeMetadata).
+	next := base.clone()
+	next.CredsVersion = in.credsVersion
+	if v := in.forceRequest(); v != "" {
+		next.HandledRequest = v
+	}
 	if err != nil {
 		pe := provider.AsError(err)
 		logFailure(ctx, pe)
@@ -382,27 +393,13 @@ func (r *ManagedTokenReconciler) probe(ctx context.Context, in *inputs, p plan) 
 			}
 			return r.probeAfterRefresh(ctx, in, out)
 		}
-		next := base.clone()
-		next.CredsVersion = in.credsVersion
-		count := int32(1)
-		if base.Failure != nil {
-			count = base.Failure.Count + 1
-		}
-		next.Failure = failureFrom(pe, in, base.Token, count)
-		if in.forceRequest() != "" {
-			next.HandledRequest = in.forceRequest()
-		}
+		next.Failure = failureFrom(pe, in, base.Token, nextFailureCount(base.Failure))
 		return r.commit(ctx, in, nil, in.record.rv, next, outcome{failure: pe})
 	}
-	next := base.clone()
 	mergeMetadata(next.Token, storedForm(tok))
 	next.Failure = nil
-	next.CredsVersion = in.credsVersion
-	if in.forceRequest() != "" {
-		next.HandledRequest = in.forceRequest()
-	}
 	out := outcome{state: base, rv: in.record.rv, stored: true, checked: true}
-	if sameData(encodeState(withProvider(next, in)), encodeState(withProvider(base, in))) {
+	if sameData(encodeState(next), encodeState(base)) {
 		return out
 	}
 	return r.commit(ctx, in, nil, in.record.rv, next, out)
@@ -453,11 +450,6 @@ func mergeMetadata(t, probed *provider.Token) {
 	if probed.APIDomain != "" {
 		t.APIDomain = probed.APIDomain
 	}
-}
-
-func withProvider(s tokenState, in *inputs) tokenState {
-	s.Provider = string(in.mt.Spec.Provider)
-	return s
 }
 
 func logFailure(ctx context.Context, pe *provider.Error) {
