@@ -25,6 +25,13 @@ const (
 	// ManagedByLabel and ManagedByValue mark every Secret the operator writes.
 	ManagedByLabel = "app.kubernetes.io/managed-by"
 	ManagedByValue = "tokenkeeper"
+	// AuthorizeRequestAnnotation starts a one-time authorization (kubectl
+	// tokenkeeper authorize). Its value is "sha256:" and the hex SHA-256 of
+	// the OAuth state the command minted: the state itself never reaches the
+	// cluster. The operator binds the hash to the ManagedToken's UID, accepts
+	// one callback carrying the state within 15 minutes, and
+	// reports progress in status.authorization.
+	AuthorizeRequestAnnotation = "tokens.tokenkeeper.dev/authorize-request"
 	// RestartedAtAnnotation is set on a rollout restart target's pod template
 	// when the published token changes.
 	RestartedAtAnnotation = "tokens.tokenkeeper.dev/restartedAt"
@@ -51,6 +58,29 @@ const (
 	DefaultRefreshBeforeMonitored = "336h"
 	// DefaultCheckInterval is the default of spec.checkInterval.
 	DefaultCheckInterval = "2h"
+
+	// AmoCRMCallbackPath and FacebookCallbackPath are where the operator's
+	// authorization endpoint (--authorization-bind-address) serves the OAuth
+	// callbacks: the integration's redirect URI points there.
+	AmoCRMCallbackPath   = "/callback/amocrm"
+	FacebookCallbackPath = "/callback/facebook"
+)
+
+// AuthorizationPhase is the progress of a one-time authorization.
+// +kubebuilder:validation:Enum=Pending;Completed;Failed;Expired
+type AuthorizationPhase string
+
+const (
+	// AuthorizationPending: waiting for the human's consent and the callback.
+	AuthorizationPending AuthorizationPhase = "Pending"
+	// AuthorizationCompleted: the callback's code was exchanged and stored.
+	AuthorizationCompleted AuthorizationPhase = "Completed"
+	// AuthorizationFailed: the callback came, and the request could not be
+	// completed (the provider refused the code, the human denied consent);
+	// message says why. Run the command again.
+	AuthorizationFailed AuthorizationPhase = "Failed"
+	// AuthorizationExpired: no callback came in time.
+	AuthorizationExpired AuthorizationPhase = "Expired"
 )
 
 // ManagedTokenSpec describes one OAuth credential to keep fresh.
@@ -158,6 +188,25 @@ type FacebookSpec struct {
 	// +kubebuilder:validation:MaxLength=32
 	// +kubebuilder:validation:XValidation:rule="self.matches('^[0-9]+$')",message="pageID must be the numeric ID of the Facebook Page, such as 104169029247128"
 	PageID string `json:"pageID,omitempty"`
+
+	// redirectURI is the app's OAuth redirect URI for kubectl tokenkeeper
+	// authorize, byte-for-byte as listed in the app's Valid OAuth Redirect
+	// URIs: the operator's authorization endpoint at /callback/facebook.
+	// It is sent in the login dialog and again in the code exchange, which
+	// Facebook requires to be identical.
+	// +optional
+	// +kubebuilder:validation:MaxLength=2048
+	// +kubebuilder:validation:XValidation:rule="isURL(self) && url(self).getHostname() != '' && (url(self).getScheme() == 'https' || (url(self).getScheme() == 'http' && url(self).getHostname() in ['localhost', '127.0.0.1', '::1']))",message="redirectURI must be an absolute https:// URL (http:// only for localhost, 127.0.0.1 or [::1])"
+	RedirectURI string `json:"redirectURI,omitempty"`
+
+	// scopes are the permissions the login dialog of kubectl tokenkeeper
+	// authorize asks for, such as ads_read or pages_show_list.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:items:MaxLength=64
+	// +kubebuilder:validation:items:Pattern=`^[a-z][a-z0-9_]*$`
+	Scopes []string `json:"scopes,omitempty"`
 }
 
 // AmoCRMSpec holds AmoCRM (Kommo) settings.
@@ -173,8 +222,20 @@ type AmoCRMSpec struct {
 	// the integration. AmoCRM requires it on every token request.
 	// +required
 	// +kubebuilder:validation:MaxLength=2048
-	// +kubebuilder:validation:XValidation:rule="isURL(self) && url(self).getScheme() == 'https' && url(self).getHostname() != ''",message="redirectURI must be an absolute https:// URL"
+	// +kubebuilder:validation:XValidation:rule="isURL(self) && url(self).getHostname() != '' && (url(self).getScheme() == 'https' || (url(self).getScheme() == 'http' && url(self).getHostname() in ['localhost', '127.0.0.1', '::1']))",message="redirectURI must be an absolute https:// URL (http:// only for localhost, 127.0.0.1 or [::1])"
 	RedirectURI string `json:"redirectURI"`
+
+	// acceptUnsolicitedCodes lets the authorization endpoint accept a code
+	// that Kommo sends without a state of ours (an administrator installed
+	// or re-installed the integration from inside the account). Such a code
+	// is accepted only while this ManagedToken waits for authorization (no
+	// usable token, or ReauthorizationRequired), and only when its
+	// client_id and referer match exactly one such ManagedToken. Off by
+	// default: anyone who can make Kommo send a code for this integration
+	// to the redirect URI, for an account with this domain, can then set
+	// the token (see the README, "Authorization").
+	// +optional
+	AcceptUnsolicitedCodes bool `json:"acceptUnsolicitedCodes,omitempty"`
 }
 
 // SecretTemplate is metadata merged into the output Secret.
@@ -274,6 +335,35 @@ type ManagedTokenStatus struct {
 	// Secret version, refresh request); calls resume when any of them changes.
 	// +optional
 	HaltedInputs string `json:"haltedInputs,omitempty"`
+
+	// authorization is the last one-time authorization requested with
+	// kubectl tokenkeeper authorize.
+	// +optional
+	Authorization *AuthorizationStatus `json:"authorization,omitempty"`
+}
+
+// AuthorizationStatus is the progress of a one-time authorization. It never
+// holds the OAuth state, a code or a token.
+type AuthorizationStatus struct {
+	// requestID is the first 12 hex digits of the request's state hash, so
+	// the command that started it can recognise it.
+	RequestID string `json:"requestID"`
+
+	// phase: Pending, Completed, Failed or Expired.
+	Phase AuthorizationPhase `json:"phase"`
+
+	// consentURL is the provider's consent page without the state
+	// parameter, which only the command that started the request holds.
+	// +optional
+	ConsentURL string `json:"consentURL,omitempty"`
+
+	// expirationTimestamp is when a pending request stops being accepted.
+	// +optional
+	ExpirationTimestamp *metav1.Time `json:"expirationTimestamp,omitempty"`
+
+	// message says what happened, in words.
+	// +optional
+	Message string `json:"message,omitempty"`
 }
 
 // ManagedToken keeps one OAuth access token fresh and publishes it in a Secret.
