@@ -24,6 +24,9 @@ const (
 	ReasonDataAccessExpiringSoon    = "DataAccessExpiringSoon"
 	ReasonAuthorized                = "Authorized"
 	ReasonProviderNotConfigured     = "ProviderNotConfigured"
+	// ReasonAuthorizationRequired: no token yet and no grant in the
+	// credentials Secret: a human runs kubectl tokenkeeper authorize.
+	ReasonAuthorizationRequired = "AuthorizationRequired"
 	// ReasonStateCorrupt: the state Secret cannot be read; it is not
 	// overwritten and no provider call is made.
 	ReasonStateCorrupt = "StateCorrupt"

@@ -39,6 +39,13 @@ type outcome struct {
 	conflict bool
 	// deferred: the manager is stopping, so no new spend was started.
 	deferred bool
+	// called: the provider was called with the spent value (a conflict
+	// after this point must not send it again).
+	called bool
+	// viaCallback: the spend exchanged a code from an authorization
+	// callback; accepted: this run took a new authorization request.
+	viaCallback bool
+	accepted    bool
 }
 
 // execute carries out the plan. Spends follow the rotation protocol
@@ -50,6 +57,10 @@ func (r *ManagedTokenReconciler) execute(ctx context.Context, in *inputs, p plan
 		// First store a pair the provider issued (load sets no pending pair
 		// when the state Secret itself is the problem).
 		return r.storePending(ctx, in)
+	case in.problem != nil && in.authzRequest != "" && !in.stateBroken:
+		// A token that cannot be obtained from the credentials is exactly
+		// what an authorization request is for.
+		return r.acceptAuthorization(ctx, in)
 	case in.problem != nil:
 		return out
 	case in.restore != nil:
@@ -61,6 +72,9 @@ func (r *ManagedTokenReconciler) execute(ctx context.Context, in *inputs, p plan
 		// (and resume from its pair) before anything else.
 		log.FromContext(ctx).Info("adopting the state Secret of an earlier ManagedToken of this name")
 		return r.commit(ctx, in, nil, in.record.rv, in.record.state, outcome{state: in.record.state})
+	case in.authzRequest != "":
+		// A new authorization request: record it (nothing else this run).
+		return r.acceptAuthorization(ctx, in)
 	}
 	if p.Action == actionNone {
 		return out
@@ -122,6 +136,14 @@ func (r *ManagedTokenReconciler) spend(ctx context.Context, in *inputs, p plan) 
 	withIntent := base.clone()
 	withIntent.Intent = intent
 	withIntent.CredsVersion = in.credsVersion
+	if cb := in.callback; cb != nil && cb.hash != "" {
+		// The same conditional write spends the authorization request: a
+		// second callback with this state finds it used.
+		used := in.now
+		a := *withIntent.Authorization
+		a.Used = &used
+		withIntent.Authorization = &a
+	}
 	rv, err := r.saveState(ctx, in.mt, in.record.rv, withIntent)
 	if errors.Is(err, errConflict) {
 		logger.V(1).Info("state changed since it was read; deciding again")
@@ -139,6 +161,9 @@ func (r *ManagedTokenReconciler) spend(ctx context.Context, in *inputs, p plan) 
 	defer cancel()
 
 	req := provider.Request{Spec: &in.mt.Spec, Credentials: in.creds}
+	if in.callback != nil {
+		req.AccountHost = in.callback.host
+	}
 	var tok *provider.Token
 	if p.Action == actionBootstrap {
 		tok, err = in.prov.Bootstrap(cctx, req, intent.Grant)
@@ -148,6 +173,7 @@ func (r *ManagedTokenReconciler) spend(ctx context.Context, in *inputs, p plan) 
 		r.count(in, "refresh", err)
 	}
 	next, o := settle(in, withIntent, tok, err)
+	o.called, o.viaCallback = true, in.callback != nil
 	if o.obtained {
 		logger.Info("obtained a new token", "op", intent.Op, "grant", intent.Grant, "tokenType", tok.Type, "expiresAt", tok.ExpiresAt)
 	}
@@ -160,6 +186,14 @@ func (r *ManagedTokenReconciler) spend(ctx context.Context, in *inputs, p plan) 
 // settle is the pure part of a spend's end: the state to store after the
 // provider answered (or did not), and the outcome to report.
 func settle(in *inputs, withIntent tokenState, tok *provider.Token, err error) (tokenState, outcome) {
+	next, o := settleSpend(in, withIntent, tok, err)
+	if a := next.Authorization; in.callback != nil && in.callback.hash != "" && a != nil {
+		a.Phase, a.Message = authorizationResult(in.now, next, o)
+	}
+	return next, o
+}
+
+func settleSpend(in *inputs, withIntent tokenState, tok *provider.Token, err error) (tokenState, outcome) {
 	intent := withIntent.Intent
 	next := withIntent.clone()
 	next.Intent = nil
@@ -169,7 +203,7 @@ func settle(in *inputs, withIntent tokenState, tok *provider.Token, err error) (
 	o := outcome{}
 	if err == nil {
 		current := withIntent.Token
-		if intent.Op == opBootstrap && current != nil && current.Refreshable && !tok.Refreshable {
+		if intent.Op == opBootstrap && in.callback == nil && current != nil && current.Refreshable && !tok.Refreshable {
 			// Never downgrade a refreshable token to a monitored one by an
 			// implicit bootstrap: keep the token, say why, and do not try
 			// this grant again until its value changes.

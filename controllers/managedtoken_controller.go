@@ -4,6 +4,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"maps"
 	"sync"
 	"time"
 
@@ -55,6 +56,11 @@ type ManagedTokenReconciler struct {
 	// credentials are read from the API server only if a provider call is
 	// due: a restart with every token fresh costs no per-token request.
 	CredentialsVersion func(ctx context.Context, namespace, name string) (string, bool)
+	// ConsentURL, when set, builds the provider's consent page for a
+	// ManagedToken, without the state (wired in cmd/main.go when the
+	// authorization endpoint is enabled). Nil: authorization requests are
+	// answered as failed, naming --authorization-bind-address.
+	ConsentURL func(spec *tokensv1alpha1.ManagedTokenSpec, creds provider.Credentials) (string, error)
 
 	memOnce sync.Once
 	mem     *memory
@@ -126,6 +132,15 @@ type inputs struct {
 
 	// problem is a precondition that failed: no provider call this time.
 	problem *stateProblem
+	// stateBroken: the problem is the state Secret itself (corrupt, not
+	// ours), which must not be written.
+	stateBroken bool
+
+	// authzRequest is the authorize-request annotation's key (see
+	// requestKey) when it names a request the state does not hold yet.
+	authzRequest string
+	// callback is the code of an authorization callback being exchanged.
+	callback *callbackGrant
 
 	refreshBefore, checkInterval time.Duration
 	refreshJitter, checkJitter   float64
@@ -136,6 +151,14 @@ type inputs struct {
 // credentials Secret from the API server. It returns nil inputs when the
 // ManagedToken is gone.
 func (r *ManagedTokenReconciler) load(ctx context.Context, key types.NamespacedName) (*inputs, error) {
+	return r.loadWith(ctx, key, nil)
+}
+
+// loadWith is load; with a callback it reads the state Secret and the
+// credentials from the API server (a code must be spent on the freshest
+// state, not on a cache that may lag) and offers the callback's code as the
+// grant.
+func (r *ManagedTokenReconciler) loadWith(ctx context.Context, key types.NamespacedName, cb *callbackGrant) (*inputs, error) {
 	mt := &tokensv1alpha1.ManagedToken{}
 	if err := r.Get(ctx, key, mt); err != nil {
 		if apierrors.IsNotFound(err) {
@@ -149,6 +172,7 @@ func (r *ManagedTokenReconciler) load(ctx context.Context, key types.NamespacedN
 		refreshJitter: tokenJitter(string(mt.UID)),
 		checkJitter:   tokenJitter("check/" + string(mt.UID)),
 		intentGrace:   10 * time.Second,
+		callback:      cb,
 	}
 	in.checkInterval = effectiveCheckInterval(&mt.Spec)
 	in.prov = r.Providers[mt.Spec.Provider]
@@ -156,16 +180,21 @@ func (r *ManagedTokenReconciler) load(ctx context.Context, key types.NamespacedN
 		in.block(ReasonProviderNotConfigured, "provider %s is not enabled in this operator", mt.Spec.Provider)
 	}
 
-	sec, err := readStateSecret(ctx, r.Client, mt)
+	var stateReader client.Reader = r.Client
+	if cb != nil {
+		stateReader = r.APIReader
+	}
+	sec, err := readStateSecret(ctx, stateReader, mt)
 	if err != nil {
 		return nil, err
 	}
 	rec, problem := parseStateSecret(sec, mt)
 	if problem != nil {
-		in.problem = problem
+		in.problem, in.stateBroken = problem, true
 		return in, nil
 	}
 	in.record = rec
+	in.authzRequest = newAuthorizationRequest(mt, rec.state.Authorization)
 	mem := r.memory()
 	if e, ok := mem.pendingPair(key, mt.UID); ok {
 		in.pending = &e
@@ -176,7 +205,7 @@ func (r *ManagedTokenReconciler) load(ctx context.Context, key types.NamespacedN
 	}
 	in.refreshBefore = effectiveRefreshBefore(&mt.Spec, in.current().Token)
 
-	if r.CredentialsVersion != nil && in.problem == nil {
+	if r.CredentialsVersion != nil && in.problem == nil && cb == nil {
 		rv, ok := r.CredentialsVersion(ctx, mt.Namespace, mt.Spec.CredentialsSecretRef.Name)
 		if st := in.current(); ok && rv != "" && rv == st.CredsVersion {
 			// Unchanged since the stored state was decided with them: no
@@ -202,9 +231,21 @@ func (r *ManagedTokenReconciler) readCredentials(ctx context.Context, in *inputs
 		return nil
 	}
 	in.creds, in.credsVersion = provider.Credentials(creds.Data), creds.ResourceVersion
+	if cb := in.callback; cb != nil {
+		// The callback's code is offered as the credentials' grant, in
+		// memory only: the operator never writes the credentials Secret.
+		c := maps.Clone(in.creds)
+		c[grantAuthorizationCode] = []byte(cb.code)
+		in.creds = c
+	}
 	if in.prov != nil {
 		if err := in.prov.ValidateCredentials(in.creds, in.current().Token); err != nil {
-			in.block(ReasonCredentialsKeyMissing, "credentials Secret %q: %s", ref, provider.AsError(err).Message)
+			pe := provider.AsError(err)
+			if pe.Reason == ReasonAuthorizationRequired {
+				in.block(ReasonAuthorizationRequired, "no token yet: run `kubectl tokenkeeper authorize %s -n %s`, or put an authorization_code or refresh_token into the credentials Secret %q", mt.Name, mt.Namespace, ref)
+			} else {
+				in.block(ReasonCredentialsKeyMissing, "credentials Secret %q: %s", ref, pe.Message)
+			}
 		}
 	}
 	return nil
@@ -280,6 +321,9 @@ func (in *inputs) forceRequest() string {
 // bootstrapGrant returns the first grant in the credentials that has not
 // been tried, and its fingerprint.
 func (in *inputs) bootstrapGrant() (string, string) {
+	if cb := in.callback; cb != nil {
+		return grantAuthorizationCode, fingerprint(grantAuthorizationCode, cb.code)
+	}
 	if in.prov == nil || in.creds == nil {
 		return "", ""
 	}

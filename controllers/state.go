@@ -52,6 +52,7 @@ const (
 	keyFailure              = "last_failure"
 	keyGrantRejection       = "grant_rejection"
 	keyCredentialsVersion   = "credentials_version"
+	keyAuthorization        = "authorization"
 
 	// maxConsumed bounds the remembered grant fingerprints.
 	maxConsumed = 16
@@ -85,6 +86,31 @@ type tokenState struct {
 	// CredsVersion is the credentials Secret's resourceVersion this state
 	// was decided with (see ManagedTokenReconciler.CredentialsVersion).
 	CredsVersion string
+	// Authorization is the last one-time authorization request (kubectl
+	// tokenkeeper authorize); see authorize.go.
+	Authorization *authzRecord
+}
+
+// authzRecord is an authorization request as the state Secret keeps it:
+// the hash of its OAuth state (never the state), the ManagedToken it is
+// bound to, its deadline, and what became of it. A callback uses it once:
+// the write that records the spend intent of its code also marks it used,
+// conditionally, so two callbacks with the same state cannot both spend.
+type authzRecord struct {
+	// Hash is authz.Hash of the state.
+	Hash string `json:"hash"`
+	// UID is the ManagedToken's UID when the request was accepted.
+	UID string `json:"uid"`
+	// Accepted and Expires bound the request (authz.RequestTTL).
+	Accepted time.Time `json:"accepted"`
+	Expires  time.Time `json:"expires"`
+	// ConsentURL is the provider's consent page without the state.
+	ConsentURL string `json:"consentURL,omitempty"`
+	// Used is when a callback took the request.
+	Used *time.Time `json:"used,omitempty"`
+	// Phase is "" while pending, else Completed or Failed; Message says why.
+	Phase   string `json:"phase,omitempty"`
+	Message string `json:"message,omitempty"`
 }
 
 // spendIntent is written, with a conditional update, before a refresh token
@@ -174,6 +200,10 @@ func (s tokenState) clone() tokenState {
 		f := *s.GrantRejection
 		out.GrantRejection = &f
 	}
+	if s.Authorization != nil {
+		a := *s.Authorization
+		out.Authorization = &a
+	}
 	return out
 }
 
@@ -217,6 +247,9 @@ func encodeState(s tokenState) map[string][]byte {
 	}
 	if s.GrantRejection != nil {
 		putJSON(keyGrantRejection, s.GrantRejection)
+	}
+	if s.Authorization != nil {
+		putJSON(keyAuthorization, s.Authorization)
 	}
 	t := s.Token
 	if t == nil {
@@ -303,10 +336,11 @@ func decodeState(d map[string][]byte) (tokenState, error) {
 	}
 	var in spendIntent
 	var fail, rej failureRecord
+	var az authzRecord
 	for _, e := range []struct {
 		key string
 		v   any
-	}{{keyIntent, &in}, {keyFailure, &fail}, {keyGrantRejection, &rej}} {
+	}{{keyIntent, &in}, {keyFailure, &fail}, {keyGrantRejection, &rej}, {keyAuthorization, &az}} {
 		if err := getJSON(e.key, e.v); err != nil {
 			return tokenState{}, err
 		}
@@ -319,6 +353,9 @@ func decodeState(d map[string][]byte) (tokenState, error) {
 	}
 	if len(d[keyGrantRejection]) > 0 {
 		s.GrantRejection = &rej
+	}
+	if len(d[keyAuthorization]) > 0 {
+		s.Authorization = &az
 	}
 	if len(d[keyAccessToken]) == 0 {
 		if len(d[keyRefreshToken]) > 0 {

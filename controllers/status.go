@@ -65,6 +65,9 @@ func wakeAfterRun(in *inputs, out outcome, status tokensv1alpha1.ManagedTokenSta
 	if p.Action != actionNone {
 		return minWake
 	}
+	if w := authorizationWake(out.state.Authorization, in.now); w > 0 && w < p.Wake {
+		return w
+	}
 	return p.Wake
 }
 
@@ -102,6 +105,7 @@ func projectStatus(in *inputs, out outcome, pub published) tokensv1alpha1.Manage
 		st.NextRefreshTime = optTime(t.Refreshable && !sched.RefreshAt.IsZero(), sched.RefreshAt)
 	}
 	setConditions(mt, in, out, pub, sched)
+	st.Authorization = projectAuthorization(state.Authorization, in.now)
 	return mt.Status
 }
 
@@ -133,7 +137,7 @@ func setConditions(mt *tokensv1alpha1.ManagedToken, in *inputs, out outcome, pub
 	state := out.state
 	t := state.Token
 	reauthFromToken := func() {
-		s, reason, msg := reauthorization(t, in.now, sched.EffectiveRefreshBefore, mt.Spec.CredentialsSecretRef.Name)
+		s, reason, msg := reauthorization(t, in.now, sched.EffectiveRefreshBefore, mt)
 		reauth(s, reason, msg)
 	}
 	f := state.Failure
@@ -146,7 +150,10 @@ func setConditions(mt *tokensv1alpha1.ManagedToken, in *inputs, out outcome, pub
 	switch {
 	case problem != nil:
 		ready(metav1.ConditionFalse, problem.reason, problem.message)
-		if t != nil {
+		switch {
+		case problem.reason == ReasonAuthorizationRequired:
+			reauth(metav1.ConditionTrue, problem.reason, problem.message)
+		case t != nil:
 			reauthFromToken()
 		}
 	case !out.stored:
@@ -160,7 +167,7 @@ func setConditions(mt *tokensv1alpha1.ManagedToken, in *inputs, out outcome, pub
 		ready(metav1.ConditionFalse, f.Reason, msg)
 		switch f.Kind {
 		case provider.KindReauthorize.String(), provider.KindTokenRejected.String():
-			reauth(metav1.ConditionTrue, f.Reason, f.Op+": "+f.Message)
+			reauth(metav1.ConditionTrue, f.Reason, f.Op+": "+f.Message+"; to re-authorize, run "+authorizeCommand(mt))
 		default:
 			reauthFromToken()
 		}
@@ -177,8 +184,8 @@ func setConditions(mt *tokensv1alpha1.ManagedToken, in *inputs, out outcome, pub
 		}
 		reauthFromToken()
 	case t == nil:
-		ready(metav1.ConditionFalse, ReasonNoToken, "no token yet: the credentials Secret holds no grant that has not been tried already; put a new one in it")
-		reauth(metav1.ConditionTrue, ReasonNoToken, "put a new authorization_code, refresh_token or access_token into the credentials Secret")
+		ready(metav1.ConditionFalse, ReasonNoToken, "no token yet: the credentials Secret holds no grant that has not been tried already; run "+authorizeCommand(mt)+", or put a new grant into the credentials Secret")
+		reauth(metav1.ConditionTrue, ReasonNoToken, "run "+authorizeCommand(mt)+", or put a new authorization_code, refresh_token or access_token into the credentials Secret")
 	default:
 		s, reason, msg := readiness(t, in.now, sched)
 		if g := state.GrantRejection; g != nil {
@@ -209,11 +216,11 @@ func readiness(t *provider.Token, now time.Time, sched plan) (metav1.ConditionSt
 
 // reauthorization reports whether a human must act for a token that the
 // operator cannot renew (or whose data access lapses), and by when.
-func reauthorization(t *provider.Token, now time.Time, refreshBefore time.Duration, credsName string) (metav1.ConditionStatus, string, string) {
+func reauthorization(t *provider.Token, now time.Time, refreshBefore time.Duration, mt *tokensv1alpha1.ManagedToken) (metav1.ConditionStatus, string, string) {
 	if t == nil {
 		return metav1.ConditionFalse, ReasonAuthorized, "no human action needed"
 	}
-	where := " and put the new token into the credentials Secret " + `"` + credsName + `"`
+	where := ": run " + authorizeCommand(mt) + ", or put a new token into the credentials Secret " + `"` + mt.Spec.CredentialsSecretRef.Name + `"`
 	switch {
 	case !t.Refreshable && t.Expires && !now.Before(t.ExpiresAt):
 		return metav1.ConditionTrue, ReasonTokenExpired, "the token expired at " + t.ExpiresAt.UTC().Format(time.RFC3339) + " and cannot be renewed without a human: log in again" + where
@@ -223,6 +230,11 @@ func reauthorization(t *provider.Token, now time.Time, refreshBefore time.Durati
 		return metav1.ConditionTrue, ReasonDataAccessExpiringSoon, "data access expires at " + t.DataAccessExpiresAt.UTC().Format(time.RFC3339) + ": the user must use the app (log in and re-consent) before then, or data calls fail with 190/493"
 	}
 	return metav1.ConditionFalse, ReasonAuthorized, "no human action needed"
+}
+
+// authorizeCommand is the command that answers ReauthorizationRequired.
+func authorizeCommand(mt *tokensv1alpha1.ManagedToken) string {
+	return "`kubectl tokenkeeper authorize " + mt.Name + " -n " + mt.Namespace + "`"
 }
 
 func untilText(t *provider.Token) string {
@@ -247,10 +259,18 @@ func (r *ManagedTokenReconciler) emitEvents(in *inputs, out outcome, status toke
 		return
 	}
 	mt := in.mt
+	if typ, reason, note, ok := authorizationEvent(mt.Status.Authorization, status.Authorization); ok {
+		r.Recorder.Eventf(mt, nil, typ, reason, "Authorize", "%s", note)
+	}
 	if t := out.state.Token; out.obtained && out.stored && t != nil {
-		if out.grant != "" {
+		switch {
+		case out.viaCallback && in.callback != nil && in.callback.hash != "":
+			// AuthorizationCompleted says it: one event per transition.
+		case out.viaCallback:
+			r.Recorder.Eventf(mt, nil, corev1.EventTypeNormal, "TokenObtained", "Authorize", "obtained a %s token%s from a code the account sent (an installation inside the account)", t.Type, untilText(t))
+		case out.grant != "":
 			r.Recorder.Eventf(mt, nil, corev1.EventTypeNormal, "TokenObtained", "Bootstrap", "took a %s token from the credentials Secret's %s%s", t.Type, out.grant, untilText(t))
-		} else {
+		default:
 			r.Recorder.Eventf(mt, nil, corev1.EventTypeNormal, "TokenRefreshed", "Refresh", "obtained a new %s token%s", t.Type, untilText(t))
 		}
 	}

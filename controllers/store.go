@@ -95,7 +95,7 @@ func (r *ManagedTokenReconciler) saveState(ctx context.Context, mt *tokensv1alph
 		ObjectMeta: metav1.ObjectMeta{
 			Name:            stateSecretName(mt.Name),
 			Namespace:       mt.Namespace,
-			Labels:          ownedLabels(mt, roleState),
+			Labels:          stateLabels(mt, next),
 			Annotations:     map[string]string{ownerUIDAnnotation: string(mt.UID)},
 			ResourceVersion: base,
 		},
@@ -115,6 +115,16 @@ func (r *ManagedTokenReconciler) saveState(ctx context.Context, mt *tokensv1alph
 		return "", errConflict
 	}
 	return "", fmt.Errorf("writing state Secret %s: %w", sec.Name, err)
+}
+
+// stateLabels are a state Secret's labels: the owned labels, and the
+// label a callback finds its authorization request by.
+func stateLabels(mt *tokensv1alpha1.ManagedToken, s tokenState) map[string]string {
+	l := ownedLabels(mt, roleState)
+	if v := authzLabelValue(s.Authorization); v != "" {
+		l[authzRequestLabel] = v
+	}
+	return l
 }
 
 // ownedLabels are the labels of every Secret the operator writes; the

@@ -45,6 +45,7 @@ type Metrics struct {
 	refreshes *prometheus.CounterVec
 	requests  *prometheus.CounterVec
 	duration  *prometheus.HistogramVec
+	callbacks *prometheus.CounterVec
 	buildInfo prometheus.Collector
 	reader    client.Reader
 }
@@ -65,6 +66,10 @@ func New() *Metrics {
 			Help:    "Duration of HTTP requests to providers.",
 			Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30},
 		}, []string{"provider", "operation"}),
+		callbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenkeeper_authorization_callbacks_total",
+			Help: "Requests to the authorization endpoint's OAuth callbacks by provider and result: accepted, or why one was refused (MissingState, UnknownState, Expired, Replayed, RefererNotAllowed, ConsentDenied, ProviderError, Unsolicited, Malformed, RateLimited, NotStored).",
+		}, []string{"provider", "result"}),
 		buildInfo: newBuildInfo(version.Get()),
 	}
 }
@@ -91,7 +96,7 @@ func (m *Metrics) Register(reader client.Reader) error {
 // RegisterWith registers on reg (tests use a fresh registry).
 func (m *Metrics) RegisterWith(reg prometheus.Registerer, reader client.Reader) error {
 	m.reader = reader
-	for _, c := range []prometheus.Collector{m.refreshes, m.requests, m.duration, m.buildInfo, &tokenCollector{m: m}} {
+	for _, c := range []prometheus.Collector{m.refreshes, m.requests, m.duration, m.callbacks, m.buildInfo, &tokenCollector{m: m}} {
 		if err := reg.Register(c); err != nil {
 			return err
 		}
@@ -102,6 +107,11 @@ func (m *Metrics) RegisterWith(reg prometheus.Registerer, reader client.Reader) 
 // RecordRefresh counts one refresh or bootstrap.
 func (m *Metrics) RecordRefresh(provider, result string) {
 	m.refreshes.WithLabelValues(provider, result).Inc()
+}
+
+// RecordCallback counts one request to an OAuth callback.
+func (m *Metrics) RecordCallback(provider, result string) {
+	m.callbacks.WithLabelValues(provider, result).Inc()
 }
 
 // ObserveRequest records one provider HTTP request; it matches

@@ -88,6 +88,10 @@ func (t *Token) Published() string {
 type Request struct {
 	Spec        *tokensv1alpha1.ManagedTokenSpec
 	Credentials Credentials
+	// AccountHost is the AmoCRM account host an authorization callback's
+	// referer named (already checked against spec.amocrm.domain and the
+	// moves the operator followed); "" means spec.amocrm.domain.
+	AccountHost string
 }
 
 // Provider is implemented by each provider client.
