@@ -235,15 +235,17 @@ func (r *ManagedTokenReconciler) HandleCallback(ctx context.Context, p callback.
 	case !now.Before(rec.Expires):
 		return refuse(callback.Expired, "this authorization request expired at "+rec.Expires.UTC().Format(time.RFC3339)+": run kubectl tokenkeeper authorize again")
 	}
+	if p.Denied != "" {
+		// The human declined: the request ends, and nothing is spent (the
+		// provider's denial redirect need not name the account).
+		return r.recordDenial(ctx, mt, rec, p)
+	}
 	host := ""
 	if p.Provider == tokensv1alpha1.ProviderAmoCRM {
 		var ok bool
 		if host, ok = r.allowedReferer(ctx, mt, p.Referer); !ok {
 			return refuse(callback.RefererNotAllowed, fmt.Sprintf("the account %q is not this ManagedToken's (spec.amocrm.domain %q, or a move the operator followed): authorize from the right account", p.Referer, mt.Spec.AmoCRM.Domain))
 		}
-	}
-	if p.Denied != "" {
-		return r.recordDenial(ctx, mt, rec, p)
 	}
 	return r.exchange(ctx, client.ObjectKeyFromObject(mt), callbackGrant{code: p.Code, host: host, hash: rec.Hash})
 }

@@ -23,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
@@ -52,6 +53,8 @@ type managerOptions struct {
 	caches func(mgrCache cache.Cache, creds *CredentialsWatch)
 	// tweak adjusts the reconciler before it starts.
 	tweak func(*ManagedTokenReconciler)
+	// setup adds to the manager once the reconciler is set up.
+	setup func(manager.Manager, *ManagedTokenReconciler)
 }
 
 // startManagerWith is startManager with options.
@@ -117,6 +120,9 @@ func startManagerWith(t *testing.T, ns, amoURL, fbURL, metricsAddr string, o man
 	}
 	if o.caches != nil {
 		o.caches(mgr.GetCache(), creds)
+	}
+	if o.setup != nil {
+		o.setup(mgr, r)
 	}
 	done := make(chan error, 1)
 	go func() { done <- mgr.Start(ctx) }()
