@@ -88,15 +88,47 @@ func (t *Token) Published() string {
 type Request struct {
 	Spec        *tokensv1alpha1.ManagedTokenSpec
 	Credentials Credentials
+	// AccountHost is the AmoCRM account host that an authorization
+	// callback named in its referer parameter, for a Bootstrap with grant
+	// authorization_code of a code that callback delivered. The caller has
+	// already checked it (spec.amocrm.domain, or a move the operator
+	// followed); the AmoCRM client still refuses any host outside
+	// *.amocrm.ru, *.amocrm.com and *.kommo.com. When set, the code is
+	// exchanged on that host, and a token obtained on a host other than
+	// spec.amocrm.domain carries it in Token.APIDomain. Empty means
+	// spec.amocrm.domain. Facebook ignores it.
+	AccountHost string
+}
+
+// ReasonAuthorizationRequired is the reason ValidateCredentials gives when
+// there is no stored token yet and the credentials Secret holds the client
+// keys but no grant at all: a human must authorize (kubectl tokenkeeper
+// authorize) or put a grant into the Secret. Its kind is KindConfiguration.
+const ReasonAuthorizationRequired = "AuthorizationRequired"
+
+// AuthorizationRequired returns the *Error of ReasonAuthorizationRequired.
+// grants names the keys that would do, such as "authorization_code (or
+// refresh_token / access_token)". The controller may replace the message
+// with one naming the ManagedToken.
+func AuthorizationRequired(grants string) *Error {
+	return &Error{
+		Kind:   KindConfiguration,
+		Reason: ReasonAuthorizationRequired,
+		Op:     "credentials",
+		Message: "no token yet and no grant in the credentials Secret: authorize with kubectl tokenkeeper authorize, or add " +
+			grants + " to the credentials Secret",
+	}
 }
 
 // Provider is implemented by each provider client.
 type Provider interface {
 	// Bootstrap turns the credentials Secret into a first token: AmoCRM
-	// exchanges an authorization_code or a refresh_token (or adopts a
-	// long-lived access_token); Facebook introspects the access_token and
-	// exchanges a short-lived user token for a long-lived one. The grant
-	// is the credentials key being consumed (see BootstrapGrant).
+	// exchanges an authorization_code (on req.AccountHost when set) or a
+	// refresh_token (or adopts a long-lived access_token); Facebook
+	// exchanges an authorization_code (with spec.facebook.redirectURI) for
+	// a user token, or introspects the access_token, and exchanges a
+	// short-lived user token for a long-lived one. The grant is the
+	// credentials key being consumed (see BootstrapGrants).
 	Bootstrap(ctx context.Context, req Request, grant string) (*Token, error)
 
 	// Refresh obtains a new token from the current one. Only called when
@@ -119,7 +151,9 @@ type Provider interface {
 
 	// ValidateCredentials returns nil when creds hold every key this provider
 	// needs, or an *Error of KindConfiguration, reason CredentialsKeyMissing,
-	// whose message names the missing keys (never their values). stored is
+	// whose message names the missing keys (never their values). With no
+	// stored token, client keys present and no grant key at all, the reason
+	// is ReasonAuthorizationRequired instead (see AuthorizationRequired). stored is
 	// the token already stored (nil when none): once there is one, only what
 	// renewing or checking it needs is required, not the grant it came from
 	// (a user or a GitOps tool may remove a consumed grant).

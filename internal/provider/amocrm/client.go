@@ -152,26 +152,26 @@ func (c *Client) ValidateCredentials(creds provider.Credentials, stored *provide
 		return nil // a stored long-lived token needs nothing else
 	}
 	hasOAuth := stored != nil || creds.Has(KeyRefreshToken) || creds.Has(KeyAuthorizationCode)
+	var missingClient []string
+	for _, k := range []string{KeyClientID, KeyClientSecret} {
+		if !creds.Has(k) {
+			missingClient = append(missingClient, k)
+		}
+	}
 	if !hasOAuth {
 		if creds.Has(KeyAccessToken) {
 			return nil // a long-lived token needs nothing else
 		}
+		if len(missingClient) == 0 {
+			// The integration is configured; only its authorization is
+			// missing: a human authorizes, or puts a grant in the Secret.
+			return provider.AuthorizationRequired(KeyAuthorizationCode + " (or " + KeyRefreshToken + " / a long-lived " + KeyAccessToken + ")")
+		}
 		missing := []string{KeyRefreshToken + " or " + KeyAuthorizationCode + " (or a long-lived token in " + KeyAccessToken + ")"}
-		for _, k := range []string{KeyClientID, KeyClientSecret} {
-			if !creds.Has(k) {
-				missing = append(missing, k)
-			}
-		}
-		return missingKeys(missing)
+		return missingKeys(append(missing, missingClient...))
 	}
-	var missing []string
-	for _, k := range []string{KeyClientID, KeyClientSecret} {
-		if !creds.Has(k) {
-			missing = append(missing, k)
-		}
-	}
-	if len(missing) > 0 {
-		return missingKeys(missing)
+	if len(missingClient) > 0 {
+		return missingKeys(missingClient)
 	}
 	return nil
 }
@@ -193,7 +193,11 @@ func (c *Client) Bootstrap(ctx context.Context, req provider.Request, grant stri
 		if code == "" {
 			return nil, missingKeys([]string{KeyAuthorizationCode})
 		}
-		return c.tokenRequest(ctx, req, OpAuthorizationCode, code, specDomain(req))
+		host, perr := codeHost(req)
+		if perr != nil {
+			return nil, perr
+		}
+		return c.tokenRequest(ctx, req, OpAuthorizationCode, code, host)
 	case GrantRefreshToken:
 		rt := req.Credentials.Get(KeyRefreshToken)
 		if rt == "" {
@@ -424,6 +428,28 @@ func (c *Client) tokenRequest(ctx context.Context, req provider.Request, op, val
 			Message: fmt.Sprintf("AmoCRM answered HTTP %d without a readable problem body; will retry", status)}
 	}
 	return nil, c.classifyStatus(op, status, header, respBody)
+}
+
+// codeHost is the host an authorization code is exchanged on: the account
+// host the authorization callback named (req.AccountHost), else
+// spec.amocrm.domain. Kommo issues a code on the account it was granted
+// for, and that account may have moved away from spec.amocrm.domain; the
+// token endpoint of another host does not know the code. The callback
+// host must still be an account host under amocrm.ru, amocrm.com or
+// kommo.com: nothing else ever receives the client secret.
+func codeHost(req provider.Request) (string, *provider.Error) {
+	host := strings.ToLower(strings.TrimSpace(req.AccountHost))
+	if host == "" {
+		return specDomain(req), nil
+	}
+	if !allowedHost(host) {
+		return "", &provider.Error{Kind: provider.KindConfiguration, Reason: "AccountHostNotAllowed", Op: OpAuthorizationCode,
+			Message: "the account host of the authorization callback (referer) is not a host under amocrm.ru, amocrm.com or kommo.com, so the code is not exchanged there: authorize again from the account's own address"}
+	}
+	if strings.EqualFold(host, specDomain(req)) {
+		return specDomain(req), nil
+	}
+	return host, nil
 }
 
 func specMissing(op string) *provider.Error {

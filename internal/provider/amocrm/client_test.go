@@ -34,6 +34,7 @@ var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
 type recorded struct {
 	method, path, contentType string
+	host                      string
 	raw                       string
 	params                    map[string]string
 }
@@ -67,7 +68,7 @@ func newHarness(t *testing.T, fakeMod func(*amocrmfake.Options), clientMod func(
 	h.fake = amocrmfake.New(fo)
 	h.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		raw, _ := io.ReadAll(r.Body)
-		rec := recorded{method: r.Method, path: r.URL.Path, contentType: r.Header.Get("Content-Type"), raw: string(raw)}
+		rec := recorded{method: r.Method, path: r.URL.Path, contentType: r.Header.Get("Content-Type"), host: r.Host, raw: string(raw)}
 		_ = json.Unmarshal(raw, &rec.params)
 		h.mu.Lock()
 		h.reqs = append(h.reqs, rec)
@@ -638,38 +639,48 @@ func TestBootstrapGrants(t *testing.T) {
 
 func TestValidateCredentials(t *testing.T) {
 	c := New(Options{})
+	const missingKey, authorize = "CredentialsKeyMissing", provider.ReasonAuthorizationRequired
 	cases := []struct {
-		name    string
-		creds   map[string]string
-		missing []string // empty: valid
+		name   string
+		creds  map[string]string
+		stored *provider.Token
+		reason string   // "": valid
+		named  []string // keys the message names
 	}{
-		{"oauth with refresh token", map[string]string{"client_id": "i", "client_secret": "s", "refresh_token": "r"}, nil},
-		{"oauth with code", map[string]string{"client_id": "i", "client_secret": "s", "authorization_code": "c"}, nil},
-		{"long-lived alone", map[string]string{"access_token": "a"}, nil},
-		{"oauth plus access token", map[string]string{"client_id": "i", "client_secret": "s", "refresh_token": "r", "access_token": "a"}, nil},
-		{"no client_secret", map[string]string{"client_id": "i", "refresh_token": "r"}, []string{"client_secret"}},
-		{"no client", map[string]string{"authorization_code": "c", "access_token": "a"}, []string{"client_id", "client_secret"}},
-		{"blank client_id", map[string]string{"client_id": " ", "client_secret": "s", "refresh_token": "r"}, []string{"client_id"}},
-		{"nothing", map[string]string{}, []string{"refresh_token", "authorization_code", "access_token", "client_id", "client_secret"}},
-		{"client only", map[string]string{"client_id": "i", "client_secret": "s"}, []string{"refresh_token", "authorization_code", "access_token"}},
+		{"oauth with refresh token", map[string]string{"client_id": "i", "client_secret": "s", "refresh_token": "r"}, nil, "", nil},
+		{"oauth with code", map[string]string{"client_id": "i", "client_secret": "s", "authorization_code": "c"}, nil, "", nil},
+		{"long-lived alone", map[string]string{"access_token": "a"}, nil, "", nil},
+		{"oauth plus access token", map[string]string{"client_id": "i", "client_secret": "s", "refresh_token": "r", "access_token": "a"}, nil, "", nil},
+		{"no client_secret", map[string]string{"client_id": "i", "refresh_token": "r"}, nil, missingKey, []string{"client_secret"}},
+		{"no client", map[string]string{"authorization_code": "c", "access_token": "a"}, nil, missingKey, []string{"client_id", "client_secret"}},
+		{"blank client_id", map[string]string{"client_id": " ", "client_secret": "s", "refresh_token": "r"}, nil, missingKey, []string{"client_id"}},
+		{"nothing", map[string]string{}, nil, missingKey, []string{"refresh_token", "authorization_code", "access_token", "client_id", "client_secret"}},
+		{"client_id only", map[string]string{"client_id": "i"}, nil, missingKey, []string{"client_secret", "authorization_code"}},
+		// The integration is set up and only its authorization is missing.
+		{"client only", map[string]string{"client_id": "i", "client_secret": "s"}, nil, authorize, []string{"kubectl tokenkeeper authorize", "authorization_code", "refresh_token", "access_token"}},
+		{"client and blank grants", map[string]string{"client_id": "i", "client_secret": "s", "authorization_code": " \n", "refresh_token": ""}, nil, authorize, []string{"authorization_code"}},
+		// A stored pair needs only the client keys; a stored long-lived token nothing.
+		{"stored pair, client only", map[string]string{"client_id": "i", "client_secret": "s"}, &provider.Token{Refreshable: true}, "", nil},
+		{"stored pair, no client", map[string]string{}, &provider.Token{Refreshable: true}, missingKey, []string{"client_id", "client_secret"}},
+		{"stored long-lived, nothing", map[string]string{}, &provider.Token{}, "", nil},
 	}
 	for _, tc := range cases {
 		creds := provider.Credentials{}
 		for k, v := range tc.creds {
 			creds[k] = []byte(v)
 		}
-		err := c.ValidateCredentials(creds, nil)
-		if len(tc.missing) == 0 {
+		err := c.ValidateCredentials(creds, tc.stored)
+		if tc.reason == "" {
 			if err != nil {
 				t.Errorf("%s: %v", tc.name, err)
 			}
 			continue
 		}
 		pe := asProviderError(t, err)
-		if pe.Kind != provider.KindConfiguration || pe.Reason != "CredentialsKeyMissing" {
-			t.Errorf("%s: %+v", tc.name, pe)
+		if pe.Kind != provider.KindConfiguration || pe.Reason != tc.reason {
+			t.Errorf("%s: got %v/%s, want Configuration/%s", tc.name, pe.Kind, pe.Reason, tc.reason)
 		}
-		for _, k := range tc.missing {
+		for _, k := range tc.named {
 			if !strings.Contains(pe.Message, k) {
 				t.Errorf("%s: message %q does not name %s", tc.name, pe.Message, k)
 			}

@@ -10,6 +10,11 @@
 // JWTs whose signature is random bytes (clients decode them without
 // verifying).
 //
+// It serves the OAuth (consent) page GET /oauth too: it approves at once
+// (or denies, SetConsent) and redirects to the integration's redirect URI
+// with a fresh authorization code, as Kommo does after a human grants
+// access (see consent.go).
+//
 // It also serves GET /oauth2/account/current/subdomain (the account's
 // current host, asked with X-Refresh-Token), can move the account to another
 // host (requests whose Host header names the old one are then refused), and
@@ -38,11 +43,14 @@ import (
 	"k8s.io/utils/clock"
 )
 
-// Paths served by the fake, as on a real AmoCRM account domain.
+// Paths served by the fake, as on a real AmoCRM account domain, and the
+// OAuth (consent) page, which the real service serves on www.amocrm.ru,
+// www.amocrm.com and www.kommo.com (the fake answers it on any host).
 const (
 	TokenPath     = "/oauth2/access_token"
 	AccountPath   = "/api/v4/account"
 	SubdomainPath = "/oauth2/account/current/subdomain"
+	ConsentPath   = "/oauth"
 )
 
 // DefaultDomain is the account host when Options.Domain is empty.
@@ -194,6 +202,7 @@ type Server struct {
 	accountErr     string
 	allowList      bool
 	clientUUIDs    []string
+	denyConsent    bool
 }
 
 // New returns a fake AmoCRM server.
@@ -289,6 +298,10 @@ func (s *Server) IssueRefreshToken() string {
 func (s *Server) IssueAuthorizationCode() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.issueCodeLocked()
+}
+
+func (s *Server) issueCodeLocked() string {
 	code := "def50200" + randomHex(160)
 	s.codes[code] = &authCode{expires: s.clock.Now().Add(AuthorizationCodeTTL)}
 	s.secrets = append(s.secrets, code)
@@ -346,8 +359,9 @@ func (s *Server) RevokeAll() {
 
 // Calls counts requests by op: "refresh_token", "authorization_code"
 // (token-endpoint requests by grant_type), "token" (every token-endpoint
-// request) and "account". Requests answered by FailNext, FailAccountNext or
-// SetBlocked are counted too.
+// request), "account" and "consent" (requests to the OAuth page,
+// ConsentPath, refused ones included). Requests answered by FailNext,
+// FailAccountNext or SetBlocked are counted too.
 func (s *Server) Calls(op string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -404,6 +418,13 @@ func (s *Server) SetBlocked(blocked bool) {
 
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == ConsentPath {
+		// The consent page lives on www.amocrm.ru / www.kommo.com, not on
+		// the account host: moves and the account's IP allow-list do not
+		// apply to it.
+		s.serveConsent(w, r)
+		return
+	}
 	if r.URL.Path != SubdomainPath && s.refuseHost(w, r) {
 		return
 	}
