@@ -8,12 +8,22 @@
 // them, with both base URLs, to a JSON file (mode 0600) that hack/demo reads
 // to create the credentials Secrets.
 //
+// Both fakes also serve the consent side of one-click authorization: the
+// AmoCRM OAuth page (<amocrmURL>/oauth, for --amocrm-consent-url) and the
+// Facebook login dialog (<facebookURL>/{version}/dialog/oauth, for
+// --facebook-dialog-url). Both approve at once and redirect the browser to
+// the redirect URI with a code: point --redirect-uri (the AmoCRM
+// integration's) and --facebook-redirect-uri (the Facebook app's) at the
+// operator's callback endpoint, such as
+// http://127.0.0.1:PORT/callback/amocrm and .../callback/facebook.
+//
 // GET /_sandbox/status on the AmoCRM listener returns call counters (no
 // secret values). Request lines are logged without query strings or bodies,
 // which carry secrets. SIGINT or SIGTERM stops it.
 //
 //	go run ./hack/sandbox --state-file /tmp/sandbox.json
-//	manager --amocrm-url <amocrmURL> --facebook-url <facebookURL>
+//	manager --amocrm-url <amocrmURL> --facebook-url <facebookURL> \
+//	  --amocrm-consent-url <amocrmConsentURL> --facebook-dialog-url <facebookDialogURL>
 package main
 
 import (
@@ -25,6 +35,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"strings"
@@ -52,6 +63,7 @@ type config struct {
 	systemUserExpiresIn              time.Duration
 	clientID, clientSecret, redirect string
 	appID, appSecret                 string
+	facebookRedirectURI              string
 	stateFile                        string
 	extraRefreshTokens               int
 }
@@ -65,7 +77,8 @@ func main() {
 	flag.DurationVar(&c.systemUserExpiresIn, "facebook-system-user-expires-in", 72*time.Hour, "Time left on the minted expiring system-user token.")
 	flag.StringVar(&c.clientID, "client-id", DefaultClientID, "AmoCRM integration client_id the fake accepts.")
 	flag.StringVar(&c.clientSecret, "client-secret", DefaultClientSecret, "AmoCRM integration client_secret the fake accepts.")
-	flag.StringVar(&c.redirect, "redirect-uri", DefaultRedirectURI, "AmoCRM integration redirect URI the fake requires (spec.amocrm.redirectURI).")
+	flag.StringVar(&c.redirect, "redirect-uri", DefaultRedirectURI, "AmoCRM integration redirect URI the fake requires (spec.amocrm.redirectURI); its OAuth page redirects there. https://, or http:// on loopback (the operator's /callback/amocrm).")
+	flag.StringVar(&c.facebookRedirectURI, "facebook-redirect-uri", "", "The Facebook app's Valid OAuth Redirect URI (spec.facebook.redirectURI, such as http://127.0.0.1:PORT/callback/facebook); the login dialog accepts only it. Empty accepts any https:// or loopback http:// URI.")
 	flag.StringVar(&c.appID, "app-id", DefaultAppID, "Facebook app ID the fake accepts.")
 	flag.StringVar(&c.appSecret, "app-secret", DefaultAppSecret, "Facebook app secret the fake accepts.")
 	flag.IntVar(&c.extraRefreshTokens, "amocrm-refresh-tokens", 0, "Also mint this many AmoCRM refresh tokens into the state file (for make bench: one per ManagedToken).")
@@ -95,9 +108,13 @@ func run(ctx context.Context, c config, logger *log.Logger, ready func(*state.St
 		ClientID: c.clientID, ClientSecret: c.clientSecret, RedirectURI: c.redirect,
 		AccessTokenTTL: c.accessTokenTTL,
 	})
-	fb := facebookfake.New(facebookfake.Options{
+	fbOpts := facebookfake.Options{
 		AppID: c.appID, AppSecret: c.appSecret, LongLivedTTL: c.longLivedTTL,
-	})
+	}
+	if c.facebookRedirectURI != "" {
+		fbOpts.RedirectURIs = []string{c.facebookRedirectURI}
+	}
+	fb := facebookfake.New(fbOpts)
 
 	amoLn, err := listenLoopback(c.amocrmListen)
 	if err != nil {
@@ -145,6 +162,9 @@ func run(ctx context.Context, c config, logger *log.Logger, ready func(*state.St
 		PID:         os.Getpid(),
 	}
 	st.StatusURL = st.AmoCRMURL + state.StatusPath
+	st.AmoCRMConsentURL = st.AmoCRMURL + amocrmfake.ConsentPath
+	st.FacebookDialogURL = st.FacebookURL
+	st.FacebookRedirectURI = c.facebookRedirectURI
 	st.Credentials.AmoCRM = state.AmoCRM{
 		ClientID: c.clientID, ClientSecret: c.clientSecret, RedirectURI: c.redirect,
 		RefreshToken: amo.IssueRefreshToken(),
@@ -168,6 +188,8 @@ func run(ctx context.Context, c config, logger *log.Logger, ready func(*state.St
 	}
 	logger.Printf("AmoCRM fake on %s (access tokens live %s), Graph API fake on %s; counters at %s",
 		st.AmoCRMURL, c.accessTokenTTL, st.FacebookURL, st.StatusURL)
+	logger.Printf("consent pages approve at once: AmoCRM %s redirects to %s; Facebook dialog %s/{version}/dialog/oauth redirects to %s",
+		st.AmoCRMConsentURL, c.redirect, st.FacebookDialogURL, orAny(c.facebookRedirectURI))
 	logger.Printf("minted demo credentials: 1 AmoCRM refresh token, Facebook USER (short-lived), SYSTEM_USER (expires in %s), SYSTEM_USER (never expires)", c.systemUserExpiresIn)
 	if ready != nil {
 		ready(st)
@@ -199,10 +221,38 @@ func (c config) validate() error {
 		return fmt.Errorf("--amocrm-refresh-tokens must be between 0 and 100000, got %d", c.extraRefreshTokens)
 	case c.clientID == "" || c.clientSecret == "" || c.appID == "" || c.appSecret == "":
 		return errors.New("--client-id, --client-secret, --app-id and --app-secret must not be empty")
-	case !strings.HasPrefix(c.redirect, "https://"):
-		return fmt.Errorf("--redirect-uri must be an https:// URL (the ManagedToken API requires one), got %q", c.redirect)
+	}
+	if err := redirectURIOK(c.redirect); err != nil {
+		return fmt.Errorf("--redirect-uri %w", err)
+	}
+	if c.facebookRedirectURI != "" {
+		if err := redirectURIOK(c.facebookRedirectURI); err != nil {
+			return fmt.Errorf("--facebook-redirect-uri %w", err)
+		}
 	}
 	return nil
+}
+
+// redirectURIOK applies the ManagedToken API's rule for redirect URIs: an
+// absolute https URL, or http on localhost, 127.0.0.1 or [::1].
+func redirectURIOK(raw string) error {
+	u, err := url.Parse(raw)
+	if err == nil && u.Hostname() != "" {
+		switch h := u.Hostname(); {
+		case u.Scheme == "https":
+			return nil
+		case u.Scheme == "http" && (h == "localhost" || h == "127.0.0.1" || h == "::1"):
+			return nil
+		}
+	}
+	return fmt.Errorf("must be an absolute https:// URL, or http:// on localhost, 127.0.0.1 or [::1] (the ManagedToken API requires one), got %q", raw)
+}
+
+func orAny(redirectURI string) string {
+	if redirectURI == "" {
+		return "any https:// or loopback http:// redirect_uri"
+	}
+	return redirectURI
 }
 
 func status(amo *amocrmfake.Server, fb *facebookfake.Server) state.Status {
@@ -214,6 +264,9 @@ func status(amo *amocrmfake.Server, fb *facebookfake.Server) state.Status {
 		FacebookExchanges:       fb.Calls(facebookfake.OpExchange),
 		FacebookRefreshes:       fb.Calls(facebookfake.OpRefresh),
 		DebugTokenCalls:         fb.Calls(facebookfake.OpDebugToken),
+		AmoCRMConsents:          amo.Calls("consent"),
+		FacebookDialogs:         fb.Calls(facebookfake.OpDialog),
+		FacebookCodeGrants:      fb.Calls(facebookfake.OpAuthorizationCode),
 	}
 }
 

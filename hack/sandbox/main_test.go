@@ -211,3 +211,161 @@ func TestRefusesNonLoopback(t *testing.T) {
 		t.Fatalf("run with a non-loopback address: %v", err)
 	}
 }
+
+// startSandbox runs the sandbox until the test ends and returns its state.
+func startSandbox(t *testing.T, c config, logs *syncBuf) *state.State {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	readyc := make(chan *state.State, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, c, log.New(logs, "", 0), func(s *state.State) { readyc <- s })
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("run: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("sandbox did not stop within 10s")
+		}
+	})
+	select {
+	case st := <-readyc:
+		return st
+	case err := <-done:
+		t.Fatalf("run returned early: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("sandbox not ready after 10s")
+	}
+	return nil
+}
+
+// TestSandboxConsent drives both consent pages with the redirect URIs
+// pointed at a (not running) operator callback on loopback, as make demo
+// does, and exchanges the codes they hand out.
+func TestSandboxConsent(t *testing.T) {
+	const amoCallback = "http://127.0.0.1:18443/callback/amocrm"
+	const fbCallback = "http://127.0.0.1:18443/callback/facebook"
+	c := testConfig("")
+	c.redirect, c.facebookRedirectURI = amoCallback, fbCallback
+	logs := &syncBuf{}
+	st := startSandbox(t, c, logs)
+	if st.AmoCRMConsentURL != st.AmoCRMURL+"/oauth" || st.FacebookDialogURL != st.FacebookURL || st.FacebookRedirectURI != fbCallback {
+		t.Fatalf("consent URLs in the state: %q %q %q", st.AmoCRMConsentURL, st.FacebookDialogURL, st.FacebookRedirectURI)
+	}
+	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	redirect := func(u string) *url.URL {
+		t.Helper()
+		resp, err := noFollow.Get(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		loc, err := url.Parse(resp.Header.Get("Location"))
+		if resp.StatusCode != http.StatusFound || err != nil {
+			t.Fatalf("consent page: HTTP %d", resp.StatusCode)
+		}
+		return loc
+	}
+
+	// AmoCRM: the OAuth page, then the code at the token endpoint.
+	amo := st.Credentials.AmoCRM
+	loc := redirect(st.AmoCRMConsentURL + "?client_id=" + url.QueryEscape(amo.ClientID) + "&mode=post_message&state=s1")
+	q := loc.Query()
+	if !strings.HasPrefix(loc.String(), amoCallback+"?") || q.Get("state") != "s1" || q.Get("referer") == "" || q.Get("client_id") != amo.ClientID {
+		t.Fatalf("AmoCRM callback: state %q referer %q", q.Get("state"), q.Get("referer"))
+	}
+	amoCode := q.Get("code")
+	resp, err := http.PostForm(st.AmoCRMURL+"/oauth2/access_token", url.Values{
+		"client_id": {amo.ClientID}, "client_secret": {amo.ClientSecret}, "grant_type": {"authorization_code"},
+		"code": {amoCode}, "redirect_uri": {amo.RedirectURI},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || amo.RedirectURI != amoCallback {
+		t.Fatalf("AmoCRM code exchange: HTTP %d", resp.StatusCode)
+	}
+
+	// Facebook: the dialog, then the code at the Graph token endpoint.
+	fb := st.Credentials.FacebookUserShort
+	loc = redirect(st.FacebookDialogURL + "/v26.0/dialog/oauth?" + url.Values{
+		"client_id": {fb.AppID}, "redirect_uri": {fbCallback}, "response_type": {"code"}, "state": {"s2"}, "scope": {"ads_read"},
+	}.Encode())
+	q = loc.Query()
+	if !strings.HasPrefix(loc.String(), fbCallback+"?") || q.Get("state") != "s2" {
+		t.Fatalf("Facebook callback: state %q", q.Get("state"))
+	}
+	fbCode := q.Get("code")
+	resp, err = http.Get(st.FacebookURL + "/v26.0/oauth/access_token?" + url.Values{
+		"client_id": {fb.AppID}, "redirect_uri": {fbCallback}, "client_secret": {fb.AppSecret}, "code": {fbCode},
+	}.Encode())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fbTok struct {
+		AccessToken string `json:"access_token"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&fbTok)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || fbTok.AccessToken == "" {
+		t.Fatalf("Facebook code exchange: HTTP %d", resp.StatusCode)
+	}
+	// Another redirect URI is blocked: no redirect.
+	resp, err = noFollow.Get(st.FacebookDialogURL + "/v26.0/dialog/oauth?" + url.Values{
+		"client_id": {fb.AppID}, "redirect_uri": {"https://elsewhere.example/cb"}, "response_type": {"code"},
+	}.Encode())
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || resp.Header.Get("Location") != "" {
+		t.Fatalf("unlisted redirect URI: HTTP %d", resp.StatusCode)
+	}
+
+	resp, err = http.Get(st.StatusURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s state.Status
+	_ = json.NewDecoder(resp.Body).Decode(&s)
+	resp.Body.Close()
+	want := state.Status{AuthorizationCodeGrants: 1, AmoCRMConsents: 1, FacebookDialogs: 2, FacebookCodeGrants: 1}
+	if s != want {
+		t.Errorf("status = %+v, want %+v", s, want)
+	}
+	out := logs.String()
+	for _, sec := range []string{amoCode, fbCode, fbTok.AccessToken, amo.ClientSecret, fb.AppSecret} {
+		if strings.Contains(out, sec) {
+			t.Error("a code, token or secret reached the log")
+		}
+	}
+	if strings.Contains(out, "?") || !strings.Contains(out, "amocrm GET /oauth 302") || !strings.Contains(out, "facebook GET /v26.0/dialog/oauth 302") {
+		t.Errorf("request lines: want the consent pages, without query strings:\n%s", out)
+	}
+}
+
+func TestValidateRedirectURIs(t *testing.T) {
+	tests := []struct {
+		name, amo, fb string
+		ok            bool
+	}{
+		{"defaults", DefaultRedirectURI, "", true},
+		{"loopback callbacks", "http://127.0.0.1:8443/callback/amocrm", "http://localhost:8443/callback/facebook", true},
+		{"IPv6 loopback", "http://[::1]:8443/callback/amocrm", "https://op.example.com/callback/facebook", true},
+		{"plain http elsewhere", "http://op.example.com/callback/amocrm", "", false},
+		{"facebook plain http elsewhere", DefaultRedirectURI, "http://op.example.com/callback/facebook", false},
+		{"relative", "/callback/amocrm", "", false},
+	}
+	for _, tc := range tests {
+		c := testConfig("")
+		c.redirect, c.facebookRedirectURI = tc.amo, tc.fb
+		if err := c.validate(); (err == nil) != tc.ok {
+			t.Errorf("%s: validate() = %v", tc.name, err)
+		}
+	}
+}

@@ -19,6 +19,20 @@ type State struct {
 	AmoCRMURL string `json:"amocrmURL"`
 	// FacebookURL is the base URL of the fake Graph API (--facebook-url).
 	FacebookURL string `json:"facebookURL"`
+	// AmoCRMConsentURL is the fake AmoCRM's OAuth (consent) page, AmoCRMURL
+	// + "/oauth" (pass it as --amocrm-consent-url). It approves at once and
+	// redirects to the integration's redirect URI
+	// (Credentials.AmoCRM.RedirectURI) with a code.
+	AmoCRMConsentURL string `json:"amocrmConsentURL"`
+	// FacebookDialogURL is the base URL of the fake login dialog (pass it as
+	// --facebook-dialog-url): the fake Graph API serves
+	// /{version}/dialog/oauth too. It approves at once and redirects to the
+	// redirect_uri it was given with a code.
+	FacebookDialogURL string `json:"facebookDialogURL"`
+	// FacebookRedirectURI is the fake app's one Valid OAuth Redirect URI
+	// (--facebook-redirect-uri; spec.facebook.redirectURI must equal it),
+	// or empty when the app accepts any https or loopback http URI.
+	FacebookRedirectURI string `json:"facebookRedirectURI,omitempty"`
 	// StatusURL serves the sandbox's call counters (no secret values).
 	StatusURL string `json:"statusURL"`
 	// PID is the sandbox's process id.
@@ -133,6 +147,12 @@ type Status struct {
 	FacebookRefreshes int `json:"facebookRefreshes"`
 	// DebugTokenCalls counts debug_token requests.
 	DebugTokenCalls int `json:"debugTokenCalls"`
+	// AmoCRMConsents counts requests to the fake AmoCRM OAuth page.
+	AmoCRMConsents int `json:"amocrmConsents"`
+	// FacebookDialogs counts requests to the fake login dialog.
+	FacebookDialogs int `json:"facebookDialogs"`
+	// FacebookCodeGrants counts code exchanges at the Graph token endpoint.
+	FacebookCodeGrants int `json:"facebookCodeGrants"`
 }
 
 // StatusPath is served on the AmoCRM listener.

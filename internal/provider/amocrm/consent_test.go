@@ -153,7 +153,7 @@ func TestConsentFlowAgainstFake(t *testing.T) {
 		}
 		q := loc.Query()
 		if q.Get("state") != "s1" || q.Get("client_id") != testClientID {
-			t.Fatalf("callback %v", q)
+			t.Fatalf("callback: state %q client_id %q", q.Get("state"), q.Get("client_id"))
 		}
 		req := request("authorization_code", q.Get("code"))
 		req.AccountHost = q.Get("referer")

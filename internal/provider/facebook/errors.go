@@ -162,6 +162,10 @@ func (c *Client) classify(op string, status int, h http.Header, e *apiError, src
 	case e.IsTransient || e.Code == 1 || e.Code == 2:
 		pe.Kind, pe.Reason = provider.KindTransient, "GraphAPITransient"
 		pe.Message = "Facebook reported a temporary error: retrying"
+	case e.Code == 100 && op == OpAuthorizationCode:
+		// The code exchange sends no appsecret_proof: a code 100 there is
+		// about the code or the redirect URI (see code.go).
+		classifyCodeError(pe, e)
 	case e.Code == 100 && strings.Contains(strings.ToLower(e.Message), "appsecret_proof"):
 		// Code 100 covers every invalid parameter; the appsecret_proof
 		// cases are told apart by Meta's documented text, only to name

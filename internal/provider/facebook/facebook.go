@@ -1,7 +1,9 @@
 // Package facebook implements provider.Provider for Facebook (Meta Graph
 // API) access tokens: it introspects tokens with /debug_token, exchanges
 // short-lived user tokens for long-lived ones, and refreshes expiring
-// system-user tokens with set_token_expires_in_60_days.
+// system-user tokens with set_token_expires_in_60_days. For one-click
+// authorization it builds the login dialog URL (ConsentURL) and exchanges
+// the dialog's code for a user token (code.go).
 //
 // golang.org/x/oauth2 is deliberately not used: the fb_exchange_token grant
 // is a non-standard GET request with the app secret in the query string,
@@ -44,11 +46,14 @@ const ProviderName = "Facebook"
 // DefaultBaseURL is the Graph API root (flag --facebook-url overrides it).
 const DefaultBaseURL = "https://graph.facebook.com"
 
-// Keys of the credentials Secret.
+// Keys of the credentials Secret. KeyAuthorizationCode holds a code of the
+// login dialog (kubectl tokenkeeper authorize puts one there), exchanged
+// with spec.facebook.redirectURI; the same key name as AmoCRM's.
 const (
-	KeyAppID       = "app_id"
-	KeyAppSecret   = "app_secret"
-	KeyAccessToken = "access_token"
+	KeyAppID             = "app_id"
+	KeyAppSecret         = "app_secret"
+	KeyAccessToken       = "access_token"
+	KeyAuthorizationCode = "authorization_code"
 )
 
 // Operation names passed to the RequestObserver and set as provider.Error.Op.
@@ -56,6 +61,10 @@ const (
 	OpExchange   = "exchange"
 	OpRefresh    = "refresh"
 	OpDebugToken = "debug_token"
+	// OpAuthorizationCode is the code exchange of the login flow:
+	// GET /oauth/access_token with client_id, redirect_uri, client_secret
+	// and code.
+	OpAuthorizationCode = "authorization_code"
 	// OpPage is GET /{page-id}?fields=access_token (Page token derivation).
 	OpPage = "page"
 )
@@ -142,66 +151,116 @@ func New(opts Options) *Client {
 	return c
 }
 
-// ValidateCredentials implements provider.Provider.
+// ValidateCredentials implements provider.Provider. With no stored token
+// the Secret needs app_id, app_secret and a grant: access_token or
+// authorization_code; with app_id and app_secret but neither grant the
+// error is provider.ReasonAuthorizationRequired. A stored token is checked
+// and renewed with app_id and app_secret alone.
 func (c *Client) ValidateCredentials(creds provider.Credentials, stored *provider.Token) error {
 	var missing []string
-	keys := []string{KeyAppID, KeyAppSecret, KeyAccessToken}
-	if stored != nil {
-		keys = keys[:2] // a stored token is checked and renewed with the app credentials
-	}
-	for _, k := range keys {
+	for _, k := range []string{KeyAppID, KeyAppSecret} {
 		if !creds.Has(k) {
 			missing = append(missing, k)
 		}
 	}
+	noGrant := stored == nil && !creds.Has(KeyAccessToken) && !creds.Has(KeyAuthorizationCode)
 	if len(missing) == 0 {
 		if strings.Contains(creds.Get(KeyAppID), "|") {
 			return &provider.Error{Kind: provider.KindConfiguration, Reason: "InvalidAppID", Op: "validate",
 				Message: "credentials key app_id must be the numeric Facebook app ID"}
 		}
+		if noGrant {
+			return provider.AuthorizationRequired(KeyAuthorizationCode + " (or " + KeyAccessToken + ")")
+		}
 		return nil
+	}
+	if noGrant {
+		missing = append(missing, KeyAccessToken+" or "+KeyAuthorizationCode)
 	}
 	return &provider.Error{
 		Kind:    provider.KindConfiguration,
 		Reason:  "CredentialsKeyMissing",
 		Op:      "validate",
-		Message: "the credentials Secret is missing or has empty keys: " + strings.Join(missing, ", ") + " (Facebook needs app_id, app_secret and access_token)",
+		Message: "the credentials Secret is missing or has empty keys: " + strings.Join(missing, ", ") + " (Facebook needs app_id, app_secret and access_token or authorization_code)",
 	}
 }
 
-// BootstrapGrants implements provider.Provider.
+// BootstrapGrants implements provider.Provider: [authorization_code,
+// access_token], those present.
 func (c *Client) BootstrapGrants(creds provider.Credentials) []string {
-	if creds.Has(KeyAccessToken) {
-		return []string{KeyAccessToken}
+	var grants []string
+	for _, k := range []string{KeyAuthorizationCode, KeyAccessToken} {
+		if creds.Has(k) {
+			grants = append(grants, k)
+		}
 	}
-	return nil
+	return grants
 }
 
-// Bootstrap implements provider.Provider. It introspects the credentials'
-// access_token; a short-lived user token is exchanged for a long-lived one,
-// any other kind is adopted as is.
+// Bootstrap implements provider.Provider.
+//
+// With grant access_token it introspects the credentials' access_token; a
+// short-lived user token is exchanged for a long-lived one, any other kind
+// is adopted as is.
+//
+// With grant authorization_code it exchanges the login dialog's code
+// (exchangeCode) for a user token and then goes on exactly as with that
+// token in access_token: the result is the Token a pasted short-lived user
+// token gives.
 func (c *Client) Bootstrap(ctx context.Context, req provider.Request, grant string) (*provider.Token, error) {
 	if err := c.ValidateCredentials(req.Credentials, nil); err != nil {
 		return nil, err
 	}
-	if grant != KeyAccessToken {
+	var input string
+	switch grant {
+	case KeyAccessToken, KeyAuthorizationCode:
+		if input = req.Credentials.Get(grant); input == "" {
+			return nil, &provider.Error{Kind: provider.KindConfiguration, Reason: "CredentialsKeyMissing", Op: "validate",
+				Message: "the credentials Secret is missing or has an empty key: " + grant}
+		}
+	default:
 		return nil, &provider.Error{Kind: provider.KindConfiguration, Reason: "UnsupportedGrant", Op: "bootstrap",
-			Message: fmt.Sprintf("Facebook can only bootstrap from credentials key access_token, not %q", safeKey(grant))}
+			Message: fmt.Sprintf("Facebook can only bootstrap from credentials key %s or %s, not %q", KeyAuthorizationCode, KeyAccessToken, safeKey(grant))}
 	}
 	version, err := graphVersion(req.Spec)
 	if err != nil {
 		return nil, err
 	}
-	creds := req.Credentials
-	input := creds.Get(KeyAccessToken)
-
 	pageID, err := pageIDOf(req.Spec)
 	if err != nil {
 		return nil, err
 	}
+	if grant == KeyAuthorizationCode {
+		redirectURI, err := redirectURIOf(req.Spec, OpAuthorizationCode)
+		if err != nil {
+			return nil, err
+		}
+		ex, err := c.exchangeCode(ctx, version, req.Credentials, input, redirectURI)
+		if err != nil {
+			return nil, err
+		}
+		tok, err := c.bootstrapToken(ctx, version, req.Credentials, pageID, ex.accessToken, true)
+		if err != nil {
+			return nil, codeConsumed(err)
+		}
+		return tok, nil
+	}
+	return c.bootstrapToken(ctx, version, req.Credentials, pageID, input, false)
+}
+
+// bootstrapToken is Bootstrap from the token input: debug_token, and the
+// exchange of a short-lived user token for a long-lived one. fromCode says
+// that input was just obtained with this app's credentials from a code
+// exchange: it is a user token of this app, so when debug_token fails for
+// a passing reason the client goes on as with a short-lived user token
+// rather than lose it (the code cannot be exchanged twice).
+func (c *Client) bootstrapToken(ctx context.Context, version string, creds provider.Credentials, pageID, input string, fromCode bool) (*provider.Token, error) {
 	tok, err := c.debugToken(ctx, version, creds, input)
 	if err != nil {
-		return nil, err
+		if !fromCode || !passing(err) {
+			return nil, err
+		}
+		tok = &provider.Token{Type: TypeUserShortLived, ObtainedAt: c.clock.Now()}
 	}
 	tok.AccessToken = input
 	if pageID != "" && (tok.Type == TypePage || tok.Type == TypeApp) {
@@ -476,6 +535,13 @@ func (c *Client) exchange(ctx context.Context, op, version string, creds provide
 	if err != nil {
 		return nil, err
 	}
+	return tokenAnswer(op, obj, resp)
+}
+
+// tokenAnswer reads the token endpoint's success answer:
+// {"access_token":"..","token_type":"bearer","expires_in":..}, where
+// expires_in may be absent.
+func tokenAnswer(op string, obj map[string]json.RawMessage, resp *response) (*exchangeResult, error) {
 	var at string
 	if raw, ok := obj["access_token"]; ok {
 		_ = json.Unmarshal(raw, &at)

@@ -775,27 +775,44 @@ func TestObserver(t *testing.T) {
 
 func TestValidateCredentialsAndGrants(t *testing.T) {
 	c := facebook.New(facebook.Options{})
+	const missingKey, authorize = "CredentialsKeyMissing", provider.ReasonAuthorizationRequired
+	creds := func(kv ...string) provider.Credentials {
+		out := provider.Credentials{}
+		for i := 0; i+1 < len(kv); i += 2 {
+			out[kv[i]] = []byte(kv[i+1])
+		}
+		return out
+	}
 	tests := []struct {
-		name        string
-		creds       provider.Credentials
-		wantMissing []string
-		wantGrants  []string
+		name       string
+		creds      provider.Credentials
+		stored     *provider.Token
+		wantReason string   // "": valid
+		wantNamed  []string // keys the message names
+		wantGrants []string
 	}{
-		{"complete", provider.Credentials{"app_id": []byte("1"), "app_secret": []byte("s"), "access_token": []byte("t")}, nil, []string{"access_token"}},
-		{"no access_token", provider.Credentials{"app_id": []byte("1"), "app_secret": []byte("s")}, []string{"access_token"}, nil},
-		{"blank app_secret", provider.Credentials{"app_id": []byte("1"), "app_secret": []byte(" \n"), "access_token": []byte("t")}, []string{"app_secret"}, []string{"access_token"}},
-		{"empty", provider.Credentials{}, []string{"app_id", "app_secret", "access_token"}, nil},
+		{"complete", creds("app_id", "1", "app_secret", "s", "access_token", "t"), nil, "", nil, []string{"access_token"}},
+		{"code", creds("app_id", "1", "app_secret", "s", "authorization_code", "c"), nil, "", nil, []string{"authorization_code"}},
+		{"code and token", creds("app_id", "1", "app_secret", "s", "authorization_code", "c", "access_token", "t"), nil, "", nil, []string{"authorization_code", "access_token"}},
+		{"no grant", creds("app_id", "1", "app_secret", "s"), nil, authorize, []string{"kubectl tokenkeeper authorize", "authorization_code", "access_token"}, nil},
+		{"blank grants", creds("app_id", "1", "app_secret", "s", "access_token", " ", "authorization_code", "\n"), nil, authorize, []string{"authorization_code"}, nil},
+		{"blank app_secret", creds("app_id", "1", "app_secret", " \n", "access_token", "t"), nil, missingKey, []string{"app_secret"}, []string{"access_token"}},
+		{"app_id and code only", creds("app_id", "1", "authorization_code", "c"), nil, missingKey, []string{"app_secret"}, []string{"authorization_code"}},
+		{"empty", creds(), nil, missingKey, []string{"app_id", "app_secret", "access_token", "authorization_code"}, nil},
+		{"stored, app keys only", creds("app_id", "1", "app_secret", "s"), &provider.Token{AccessToken: "x"}, "", nil, nil},
+		{"stored, no app_secret", creds("app_id", "1"), &provider.Token{AccessToken: "x"}, missingKey, []string{"app_secret"}, nil},
+		{"app token as app_id", creds("app_id", "1|s", "app_secret", "s", "authorization_code", "c"), nil, "InvalidAppID", []string{"app_id"}, []string{"authorization_code"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			err := c.ValidateCredentials(tc.creds, nil)
-			if tc.wantMissing == nil {
+			err := c.ValidateCredentials(tc.creds, tc.stored)
+			if tc.wantReason == "" {
 				if err != nil {
 					t.Fatalf("unexpected error %v", err)
 				}
 			} else {
-				pe := wantProviderError(t, err, provider.KindConfiguration, "CredentialsKeyMissing")
-				for _, k := range tc.wantMissing {
+				pe := wantProviderError(t, err, provider.KindConfiguration, tc.wantReason)
+				for _, k := range tc.wantNamed {
 					if !strings.Contains(pe.Message, k) {
 						t.Errorf("message %q does not name %s", pe.Message, k)
 					}

@@ -4,6 +4,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"sort"
 	"strings"
 	"testing"
 )
@@ -27,7 +28,7 @@ func (e *env) consent(t *testing.T, query string) (*http.Response, string) {
 func callbackQuery(t *testing.T, loc string) url.Values {
 	t.Helper()
 	if !strings.HasPrefix(loc, redirectURI+"&") {
-		t.Fatalf("Location %.60q... does not extend the redirect URI", loc)
+		t.Fatalf("the Location (%d bytes) does not extend the redirect URI", len(loc))
 	}
 	u, err := url.Parse(loc)
 	if err != nil {
@@ -54,7 +55,7 @@ func TestConsentApprovesAndRedirects(t *testing.T) {
 			}
 			q := callbackQuery(t, resp.Header.Get("Location"))
 			if q.Get("a") != "1" || q.Get("b") != "2" {
-				t.Errorf("the redirect URI's own query is lost: %v", q)
+				t.Errorf("the redirect URI's own query is lost: %v", names(q))
 			}
 			if q.Get("referer") != e.fake.Domain() || q.Get("platform") != tc.wantPlatform || q.Get("client_id") != clientID {
 				t.Errorf("referer %q platform %q client_id %q", q.Get("referer"), q.Get("platform"), q.Get("client_id"))
@@ -128,12 +129,12 @@ func TestConsentDenied(t *testing.T) {
 	resp, _ := e.consent(t, "client_id="+clientID+"&state=xyz&mode=post_message")
 	q := callbackQuery(t, resp.Header.Get("Location"))
 	if resp.StatusCode != http.StatusFound || q.Get("error") != "access_denied" || q.Get("state") != "xyz" || q.Get("code") != "" {
-		t.Fatalf("denied: %d %v", resp.StatusCode, q)
+		t.Fatalf("denied: %d %v", resp.StatusCode, names(q))
 	}
 	e.fake.SetConsent(false)
 	resp, _ = e.consent(t, "client_id="+clientID+"&state=xyz&mode=post_message")
 	if q := callbackQuery(t, resp.Header.Get("Location")); q.Get("code") == "" || q.Get("error") != "" {
-		t.Fatalf("approved again: %v", q)
+		t.Fatalf("approved again: %v", names(q))
 	}
 }
 
@@ -146,7 +147,7 @@ func TestConsentAfterMoveAndAllowList(t *testing.T) {
 	resp, _ := e.consent(t, "client_id="+clientID+"&state=s&mode=post_message")
 	q := callbackQuery(t, resp.Header.Get("Location"))
 	if q.Get("referer") != "example.kommo.com" || q.Get("platform") != "2" {
-		t.Fatalf("after the move: %v", q)
+		t.Fatalf("after the move: referer %q platform %q", q.Get("referer"), q.Get("platform"))
 	}
 }
 
@@ -157,7 +158,7 @@ func TestUnsolicitedCallbackURL(t *testing.T) {
 		t.Error("an unsolicited callback has no state")
 	}
 	if q.Get("referer") != DefaultDomain || q.Get("platform") != "1" || q.Get("client_id") != clientID || q.Get("from_widget") != "1" {
-		t.Errorf("callback query %v", q)
+		t.Errorf("callback query: %v, referer %q platform %q", names(q), q.Get("referer"), q.Get("platform"))
 	}
 	code := q.Get("code")
 	if !contains(e.fake.Secrets(), code) {
@@ -187,4 +188,15 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// names lists a query's parameter names: failure messages name them, never
+// print their values (a code is a secret).
+func names(q url.Values) []string {
+	out := make([]string, 0, len(q))
+	for k := range q {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }

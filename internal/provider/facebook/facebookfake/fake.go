@@ -1,7 +1,9 @@
 // Package facebookfake is a fake Meta Graph API for tests and the demo
 // sandbox: GET /v<N>.<M>/oauth/access_token (fb_exchange_token, optionally
-// with set_token_expires_in_60_days=true), GET /v<N>.<M>/debug_token and
-// GET /v<N>.<M>/{page-id}?fields=access_token, with the paths, parameters,
+// with set_token_expires_in_60_days=true, or the login flow's code
+// exchange), GET /v<N>.<M>/debug_token, GET /v<N>.<M>/{page-id}?fields=
+// access_token, and the login dialog GET /v<N>.<M>/dialog/oauth (served by
+// www.facebook.com on the real platform; see dialog.go), with the paths, parameters,
 // JSON shapes and error bodies of the real API, as described (with sources)
 // in the project's docs/providers.md. Where that page marks a behaviour as
 // unconfirmed, Options has a switch.
@@ -54,6 +56,15 @@ type Options struct {
 	// made with the app token (debug_token) need a proof too, computed over
 	// the app token "app_id|app_secret".
 	AppTokenCallsNeedProof bool
+	// RedirectURIs are the app's Valid OAuth Redirect URIs: the login
+	// dialog accepts only these, byte for byte. Empty accepts any absolute
+	// https URI, and http on a loopback host.
+	RedirectURIs []string
+	// CodeTTL is the life of a login dialog code; default DefaultCodeTTL.
+	CodeTTL time.Duration
+	// AppendHashFragment adds "#_=_" to the dialog's redirects, as Facebook
+	// is seen to do when the redirect URI has no fragment [S].
+	AppendHashFragment bool
 	// AppCallsPerHour, when > 0, is the app's own rolling one-hour budget of
 	// app-token calls (debug_token), 200 x daily active users on the real
 	// platform. Every debug_token answer then carries X-App-Usage with
@@ -86,12 +97,16 @@ const (
 	KindBusinessIntegrationSystemUser Kind = "BUSINESS_INTEGRATION_SYSTEM_USER"
 )
 
-// Operation names for Calls and FailNext.
+// Operation names for Calls and FailNext. OpAuthorizationCode is a token
+// endpoint request with a code (the login flow's exchange); OpDialog the
+// login dialog.
 const (
-	OpExchange   = "exchange"
-	OpRefresh    = "refresh"
-	OpDebugToken = "debug_token"
-	OpPage       = "page"
+	OpExchange          = "exchange"
+	OpRefresh           = "refresh"
+	OpDebugToken        = "debug_token"
+	OpPage              = "page"
+	OpAuthorizationCode = "authorization_code"
+	OpDialog            = "dialog"
 )
 
 // DefaultShortLivedTTL is the lifetime of a KindUserShort token issued with a
@@ -124,7 +139,7 @@ const (
 	applicationName      = "tokenkeeper fake app"
 )
 
-var pathRE = regexp.MustCompile(`^(?:/(v[0-9]+\.[0-9]+))?/(oauth/access_token|debug_token|[0-9]{1,32})/?$`)
+var pathRE = regexp.MustCompile(`^(?:/(v[0-9]+\.[0-9]+))?/(oauth/access_token|debug_token|dialog/oauth|[0-9]{1,32})/?$`)
 
 type token struct {
 	kind       Kind
@@ -171,6 +186,9 @@ type Server struct {
 	appCalls   []time.Time
 	appUsage   string
 	proofs     map[string]int
+	// codes: login dialog codes.
+	codes       map[string]*dialogCode
+	denyConsent bool
 }
 
 // New returns a Server.
@@ -190,6 +208,10 @@ func New(opts Options) *Server {
 	if opts.InvalidTokenStatus == 0 {
 		opts.InvalidTokenStatus = http.StatusOK
 	}
+	if opts.CodeTTL <= 0 {
+		opts.CodeTTL = DefaultCodeTTL
+	}
+	opts.RedirectURIs = append([]string(nil), opts.RedirectURIs...)
 	s := &Server{
 		opts:   opts,
 		clock:  opts.Clock,
@@ -199,6 +221,7 @@ func New(opts Options) *Server {
 		seen:   map[string]bool{},
 		pages:  map[string]map[string]bool{},
 		proofs: map[string]int{},
+		codes:  map[string]*dialogCode{},
 
 		pageTokens: map[string]string{},
 	}
@@ -363,15 +386,16 @@ func Proof(appSecret, token string) string {
 }
 
 // Calls returns how many requests of op ("exchange", "refresh",
-// "debug_token") the server received, failed ones included.
+// "debug_token", "page", "authorization_code", "dialog") the server
+// received, failed ones included.
 func (s *Server) Calls(op string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.calls[op]
 }
 
-// Secrets returns every token the server issued and the app secret, for
-// tests that grep logs, events and errors for leaks.
+// Secrets returns every token and login code the server issued and the app
+// secret, for tests that grep logs, events and errors for leaks.
 func (s *Server) Secrets() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -425,9 +449,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch endpoint {
 	case "oauth/access_token":
 		op = OpExchange
-		if r.Form.Get("set_token_expires_in_60_days") == "true" {
+		switch {
+		case r.Form.Get("code") != "" && (r.Form.Get("grant_type") == "" || r.Form.Get("grant_type") == "authorization_code"):
+			op = OpAuthorizationCode
+		case r.Form.Get("set_token_expires_in_60_days") == "true":
 			op = OpRefresh
 		}
+	case "dialog/oauth":
+		op = OpDialog
 	case "debug_token":
 	default:
 		op = OpPage
@@ -466,12 +495,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	allowed := r.Method == http.MethodGet || (op != OpDebugToken && r.Method == http.MethodPost)
+	allowed := r.Method == http.MethodGet || (op != OpDebugToken && op != OpDialog && r.Method == http.MethodPost)
 	if !allowed {
 		s.writeError(w, http.StatusBadRequest, 100, 0, "Unsupported "+r.Method+" request.")
 		return
 	}
 	switch op {
+	case OpDialog:
+		s.dialogLocked(w, r)
+	case OpAuthorizationCode:
+		s.codeGrantLocked(w, r)
 	case OpDebugToken:
 		if s.appBudgetLocked(w) {
 			return
