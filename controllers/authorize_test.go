@@ -31,6 +31,7 @@ import (
 	"github.com/tokenkeeper/tokenkeeper/internal/provider"
 	"github.com/tokenkeeper/tokenkeeper/internal/provider/amocrm"
 	"github.com/tokenkeeper/tokenkeeper/internal/provider/amocrm/amocrmfake"
+	"github.com/tokenkeeper/tokenkeeper/internal/provider/facebook"
 	"github.com/tokenkeeper/tokenkeeper/internal/provider/facebook/facebookfake"
 )
 
@@ -111,7 +112,7 @@ func (e *authzEnv) start() {
 func testConsentURL(amoURL, fbURL string) func(*tokensv1alpha1.ManagedTokenSpec, provider.Credentials) (string, error) {
 	return func(spec *tokensv1alpha1.ManagedTokenSpec, creds provider.Credentials) (string, error) {
 		if spec.Provider == tokensv1alpha1.ProviderFacebook {
-			return facebookConsentURL(fbURL, spec, creds.Get("app_id"))
+			return facebook.ConsentURL(fbURL, spec, creds.Get("app_id"))
 		}
 		return amocrm.ConsentURL(amoURL+"/oauth", spec, creds.Get("client_id"))
 	}
@@ -660,4 +661,52 @@ func TestAuthorizeConcurrentCallbacks(t *testing.T) {
 	e.waitReady("crm")
 }
 
-var facebookConsentURL = func(string, *tokensv1alpha1.ManagedTokenSpec, string) (string, error) { return "", fmt.Errorf("TODO") }
+// TestAuthorizeFacebook: authorize → login dialog → callback → Ready: the
+// code is exchanged once for a user token, which becomes the long-lived
+// one; the page is free of secrets; a replay is refused.
+func TestAuthorizeFacebook(t *testing.T) {
+	e := newAuthzEnv(t)
+	e.fbMT("ads")
+	eventually(t, "AuthorizationRequired", 20*time.Second, func() bool {
+		c := meta.FindStatusCondition(e.get("ads").Status.Conditions, tokensv1alpha1.ConditionReauthorizationRequired)
+		return c != nil && c.Reason == ReasonAuthorizationRequired
+	})
+	consentURL, state := e.authorize("ads")
+	u, err := url.Parse(consentURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := u.Query()
+	if q.Get("client_id") != testAppID || q.Get("redirect_uri") != e.endpoint+tokensv1alpha1.FacebookCallbackPath || q.Get("scope") != "ads_read,pages_show_list" || q.Get("state") != state {
+		t.Fatalf("login dialog URL query %v", q)
+	}
+	cbURL, p := e.consent(consentURL)
+	if p.status != http.StatusOK || !strings.Contains(p.body, "Authorized") {
+		t.Fatalf("callback page %d:\n%s", p.status, p.body)
+	}
+	assertPageClean(t, p, append(e.fb.Secrets(), testAppSecret, state))
+	mt := e.waitReady("ads")
+	if mt.Status.TokenType != "FacebookUserLongLived" || mt.Status.Authorization.Phase != tokensv1alpha1.AuthorizationCompleted {
+		t.Fatalf("tokenType %q, authorization %+v", mt.Status.TokenType, mt.Status.Authorization)
+	}
+	if got := e.fb.Calls(facebookfake.OpAuthorizationCode); got != 1 {
+		t.Fatalf("code exchanges = %d, want 1", got)
+	}
+	out := e.output("ads-token")
+	if out == nil || len(out.Data[tokensv1alpha1.OutputAccessTokenKey]) == 0 {
+		t.Fatal("no output Secret")
+	}
+	if exp, ok := e.fb.TokenInfo(string(out.Data[tokensv1alpha1.OutputAccessTokenKey])); !ok || exp.Before(e.clk.Now().Add(50*24*time.Hour)) {
+		t.Fatalf("published token is not the long-lived one (expires %v, known %v)", exp, ok)
+	}
+	before := e.secretVersions()
+	if p := fetch(t, cbURL); p.status != http.StatusForbidden {
+		t.Fatalf("replay: %d\n%s", p.status, p.body)
+	}
+	if e.fb.Calls(facebookfake.OpAuthorizationCode) != 1 || !equalMaps(before, e.secretVersions()) {
+		t.Fatal("a replay called the provider or wrote a Secret")
+	}
+	if got := e.callbacks(); got["Facebook/accepted"] != 1 || got["Facebook/Replayed"] != 1 {
+		t.Fatalf("callbacks metric = %v", got)
+	}
+}
