@@ -21,6 +21,7 @@ import (
 
 	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
 	"github.com/tokenkeeper/tokenkeeper/controllers"
+	"github.com/tokenkeeper/tokenkeeper/internal/callback"
 	"github.com/tokenkeeper/tokenkeeper/internal/metrics"
 	"github.com/tokenkeeper/tokenkeeper/internal/provider"
 	"github.com/tokenkeeper/tokenkeeper/internal/provider/amocrm"
@@ -39,6 +40,7 @@ func main() {
 		burst, maxConcurrent             int
 		providerTimeout, shutdownTimeout time.Duration
 		orphanRetention                  time.Duration
+		authzAddr, amoConsent, fbDialog  string
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "The address the metrics endpoint binds to. Use 0 to disable it.")
 	flag.BoolVar(&secureMetrics, "metrics-secure", false, "Serve metrics over HTTPS with authentication and authorization.")
@@ -57,6 +59,9 @@ func main() {
 	flag.DurationVar(&providerTimeout, "provider-timeout", 30*time.Second, "Timeout of one request to a provider.")
 	flag.DurationVar(&shutdownTimeout, "graceful-shutdown-timeout", 75*time.Second, "How long a stopping manager waits for refreshes in flight to finish and be stored. Must exceed --provider-timeout by at least 15s; the pod's terminationGracePeriodSeconds must exceed it.")
 	flag.DurationVar(&orphanRetention, "orphaned-state-retention", controllers.DefaultOrphanRetention, "How long the state Secret of a deleted ManagedToken is kept, so that re-creating the ManagedToken resumes from the stored token.")
+	flag.StringVar(&authzAddr, "authorization-bind-address", "0", "The address the authorization endpoint (the OAuth callbacks /callback/amocrm and /callback/facebook for kubectl tokenkeeper authorize) binds to, such as :8082. \"0\" disables it. Serve it behind an Ingress that terminates TLS.")
+	flag.StringVar(&amoConsent, "amocrm-consent-url", "", "The AmoCRM/Kommo OAuth page that kubectl tokenkeeper authorize sends humans to; empty means https://www.amocrm.ru/oauth, https://www.amocrm.com/oauth or https://www.kommo.com/oauth, by the account's domain.")
+	flag.StringVar(&fbDialog, "facebook-dialog-url", facebook.DefaultDialogBaseURL, "Base URL of Facebook's login dialog for kubectl tokenkeeper authorize.")
 	opts := zap.Options{Development: false}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -69,6 +74,7 @@ func main() {
 		facebookURL: facebookURL, amocrmURL: amocrmURL,
 		qps: float32(qps), burst: burst, maxConcurrent: maxConcurrent, providerTimeout: providerTimeout,
 		shutdownTimeout: shutdownTimeout, orphanRetention: orphanRetention,
+		authzAddr: authzAddr, amoConsent: amoConsent, fbDialog: fbDialog,
 	}); err != nil {
 		setupLog.Error(err, "manager exited")
 		os.Exit(1)
@@ -83,6 +89,7 @@ type runConfig struct {
 	burst, maxConcurrent             int
 	providerTimeout, shutdownTimeout time.Duration
 	orphanRetention                  time.Duration
+	authzAddr, amoConsent, fbDialog  string
 }
 
 // spendMargin is the time a spend may take beyond the provider call: the
@@ -96,6 +103,14 @@ func run(c runConfig) error {
 	if c.amocrmURL != "" {
 		if err := provider.ValidateBaseURL(c.amocrmURL); err != nil {
 			return fmt.Errorf("--amocrm-url: %w", err)
+		}
+	}
+	for flagName, u := range map[string]string{"--amocrm-consent-url": c.amoConsent, "--facebook-dialog-url": c.fbDialog} {
+		if u == "" {
+			continue
+		}
+		if err := provider.ValidateBaseURL(u); err != nil {
+			return fmt.Errorf("%s: %w", flagName, err)
 		}
 	}
 	spendTimeout := c.providerTimeout + spendMargin
@@ -179,6 +194,16 @@ func run(c runConfig) error {
 		SpendTimeout:    spendTimeout,
 		OrphanRetention: c.orphanRetention,
 	}
+	if c.authzAddr != "" && c.authzAddr != "0" {
+		// One-click authorization: the reconciler publishes consent URLs,
+		// and the endpoint (on every replica) takes the callbacks.
+		r.ConsentURL = consentURL(c.amoConsent, c.fbDialog)
+		if err := mgr.Add(&callback.Endpoint{Addr: c.authzAddr, Handler: callback.NewServer(callback.Options{
+			Handler: r.HandleCallback, Record: m.RecordCallback, Timeout: spendTimeout + 15*time.Second,
+		})}); err != nil {
+			return err
+		}
+	}
 	ctx := ctrl.SetupSignalHandler()
 	if err := r.SetupWithManager(ctx, mgr, creds, c.maxConcurrent); err != nil {
 		return fmt.Errorf("setting up controller: %w", err)
@@ -198,6 +223,20 @@ func run(c runConfig) error {
 	ctrl.Log.WithName("setup").Info("starting manager", "version", v.Version, "revision", v.Revision, "goVersion", v.GoVersion,
 		"leaderElection", c.leaderElect, "leaderElectionNamespace", c.leaderNS)
 	return mgr.Start(ctx)
+}
+
+// consentURL builds each provider's consent page (without the state) for
+// status.authorization.
+func consentURL(amoBase, fbBase string) func(*tokensv1alpha1.ManagedTokenSpec, provider.Credentials) (string, error) {
+	return func(spec *tokensv1alpha1.ManagedTokenSpec, creds provider.Credentials) (string, error) {
+		switch spec.Provider {
+		case tokensv1alpha1.ProviderAmoCRM:
+			return amocrm.ConsentURL(amoBase, spec, creds.Get(amocrm.KeyClientID))
+		case tokensv1alpha1.ProviderFacebook:
+			return facebook.ConsentURL(fbBase, spec, creds.Get(facebook.KeyAppID))
+		}
+		return "", fmt.Errorf("provider %s has no consent page", spec.Provider)
+	}
 }
 
 // defaultLeaderElectionNamespace is the pod's namespace in a cluster and
