@@ -32,6 +32,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -57,6 +58,12 @@ const (
 	namespace    = "demo"
 	metricsAddr  = "127.0.0.1:8080"
 	probeAddr    = "127.0.0.1:8081"
+	// authzAddr is the manager's authorization endpoint; the sandbox's
+	// integration and app redirect there.
+	authzAddr = "127.0.0.1:8082"
+	// authorizeMTName is the ManagedToken created without a grant, which the
+	// demo authorizes with kubectl tokenkeeper authorize.
+	authorizeMTName = "amocrm-authorized"
 	tickEvery    = 20 * time.Second
 	accessTTL    = 3 * time.Minute
 	amoCRMMTName = "amocrm"
@@ -79,6 +86,14 @@ var tokens = []token{
 		refreshBefore: "2m", checkInterval: "1m",
 		what: "AmoCRM OAuth: 3-minute access tokens, single-use rotating refresh tokens",
 		data: func(s *state.State) map[string]string { return s.Credentials.AmoCRM.Secret() },
+	},
+	{
+		name: authorizeMTName, provider: "AmoCRM", credentials: "amocrm-authorized-credentials", output: "amocrm-authorized-token",
+		refreshBefore: "2m", checkInterval: "1m",
+		what: "AmoCRM with no grant: authorized by the demo with kubectl tokenkeeper authorize",
+		data: func(s *state.State) map[string]string {
+			return map[string]string{"client_id": s.Credentials.AmoCRM.ClientID, "client_secret": s.Credentials.AmoCRM.ClientSecret}
+		},
 	},
 	{
 		name: "facebook-user", provider: "Facebook", credentials: "facebook-user-credentials", output: "facebook-user-token",
@@ -187,7 +202,7 @@ func (d *demo) run(ctx context.Context) error {
 	if d.kubectlPath, err = devenv.FindKubectl(); err != nil {
 		return err
 	}
-	for _, a := range []string{metricsAddr, probeAddr} {
+	for _, a := range []string{metricsAddr, probeAddr, authzAddr} {
 		if err := devenv.PortFree(a); err != nil {
 			return fmt.Errorf("%s is in use (another demo or manager running?): %w", a, err)
 		}
@@ -197,8 +212,8 @@ func (d *demo) run(ctx context.Context) error {
 		return err
 	}
 
-	devenv.Say("==> building bin/manager and bin/tokenkeeper-sandbox (the first build takes a few minutes)")
-	for _, b := range [][2]string{{"bin/manager", "./cmd"}, {"bin/tokenkeeper-sandbox", "./hack/sandbox"}} {
+	devenv.Say("==> building bin/manager, bin/tokenkeeper-sandbox and bin/kubectl-tokenkeeper (the first build takes a few minutes)")
+	for _, b := range [][2]string{{"bin/manager", "./cmd"}, {"bin/tokenkeeper-sandbox", "./hack/sandbox"}, {"bin/kubectl-tokenkeeper", "./cmd/kubectl-tokenkeeper"}} {
 		if err := devenv.GoBuild(ctx, d.root, b[0], b[1]); err != nil {
 			return err
 		}
@@ -224,6 +239,10 @@ func (d *demo) run(ctx context.Context) error {
 		return err
 	}
 	d.started = time.Now()
+	devenv.Say("==> authorizing %s: kubectl tokenkeeper authorize, then the sandbox's consent page (it approves at once)", authorizeMTName)
+	if err := d.authorize(ctx); err != nil {
+		return fmt.Errorf("kubectl tokenkeeper authorize %s: %w", authorizeMTName, err)
+	}
 	d.banner()
 	return d.watch(ctx)
 }
@@ -251,7 +270,9 @@ func (d *demo) startControlPlane(ctx context.Context, assets string) error {
 }
 
 func (d *demo) startSandbox(ctx context.Context) error {
-	sb, st, err := devenv.StartSandbox(ctx, d.root, d.dir, "--access-token-ttl", accessTTL.String())
+	sb, st, err := devenv.StartSandbox(ctx, d.root, d.dir, "--access-token-ttl", accessTTL.String(),
+		"--redirect-uri", "http://"+authzAddr+tokensv1alpha1.AmoCRMCallbackPath,
+		"--facebook-redirect-uri", "http://"+authzAddr+tokensv1alpha1.FacebookCallbackPath)
 	if sb != nil {
 		d.sandbox = sb
 		d.onCleanup(func() { sb.Stop(10 * time.Second) })
@@ -273,6 +294,9 @@ func (d *demo) startManager(ctx context.Context) error {
 		"--metrics-bind-address", metricsAddr,
 		"--health-probe-bind-address", probeAddr,
 		"--leader-elect",
+		"--authorization-bind-address", authzAddr,
+		"--amocrm-consent-url", d.st.AmoCRMConsentURL,
+		"--facebook-dialog-url", d.st.FacebookDialogURL,
 	}
 	// DEMO_MANAGER_ARGS adds flags, such as --zap-log-level=debug.
 	args = append(args, strings.Fields(os.Getenv("DEMO_MANAGER_ARGS"))...)
@@ -364,13 +388,16 @@ func (d *demo) banner() {
    kubectl get managedtokens -n %s -o wide
    kubectl describe managedtoken %s -n %s
    kubectl get events -n %s
+   PATH=$PWD/bin:$PATH kubectl tokenkeeper authorize %s -n %s
+     (prints the sandbox's consent URL and waits; open it in a browser, or
+      curl -sL it, and the token is authorized again)
    curl -s %s/metrics | grep tokenkeeper_
    curl -s %s
 
  Status every %s; tokens are shown as sha256 fingerprints, never in clear.
  %s
 ================================================================================`,
-		accessTTL, namespace, amoCRMMTName, namespace, namespace, metricsAddr, d.st.StatusURL, tickEvery, stop)
+		accessTTL, namespace, amoCRMMTName, namespace, namespace, authorizeMTName, namespace, metricsAddr, d.st.StatusURL, tickEvery, stop)
 }
 
 // watch prints the status every tickEvery until ctx is done, DEMO_DURATION
@@ -529,6 +556,9 @@ func (d *demo) verdict(s *state.Status) error {
 	if !d.everReady[amoCRMMTName] {
 		problems = append(problems, "the amocrm ManagedToken never became Ready")
 	}
+	if !d.everReady[authorizeMTName] {
+		problems = append(problems, "the "+authorizeMTName+" ManagedToken never became Ready after kubectl tokenkeeper authorize")
+	}
 	for _, t := range tokens {
 		if t.name != amoCRMMTName && !d.everReady[t.name] {
 			devenv.Say("note: ManagedToken %s never became Ready", t.name)
@@ -539,6 +569,92 @@ func (d *demo) verdict(s *state.Status) error {
 	}
 	devenv.Say("\nOK: amocrm became Ready, was refreshed %d time(s) after the bootstrap (%d distinct access tokens seen in its output Secret), and no refresh token was reused.",
 		s.RefreshGrants-1, d.amoVersions)
+	return nil
+}
+
+// authorize runs the real plugin as a user would (kubectl finds
+// bin/kubectl-tokenkeeper on PATH), opens the consent URL it prints the way
+// a browser would (the sandbox approves and redirects to the manager's
+// callback), and waits until the command reports the token Ready.
+func (d *demo) authorize(ctx context.Context) error {
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(cctx, d.kubectlPath, "tokenkeeper", "authorize", authorizeMTName, "-n", namespace, "--timeout", "90s")
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+d.kubeconfig, "PATH="+filepath.Join(d.root, "bin")+string(os.PathListSeparator)+os.Getenv("PATH"))
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	devenv.Say("    $ kubectl tokenkeeper authorize %s -n %s", authorizeMTName, namespace)
+	var (
+		opened bool
+		out    strings.Builder
+	)
+	buf := make([]byte, 4096)
+	for {
+		n, rerr := stdout.Read(buf)
+		out.Write(buf[:n])
+		if !opened {
+			if u := consentURLIn(out.String()); u != "" {
+				opened = true
+				devenv.Say("    consent URL printed; opening it (the sandbox approves and redirects to the callback)")
+				if err := openLikeABrowser(cctx, u); err != nil {
+					return err
+				}
+			}
+		}
+		if rerr != nil {
+			break
+		}
+	}
+	werr := cmd.Wait()
+	for _, l := range strings.Split(strings.TrimSpace(redact(out.String())), "\n") {
+		if !strings.Contains(l, "state=") {
+			devenv.Say("    %s", l)
+		}
+	}
+	if werr != nil {
+		return fmt.Errorf("%w: %s", werr, strings.TrimSpace(stderr.String()))
+	}
+	if !opened {
+		return errors.New("the command printed no consent URL")
+	}
+	return nil
+}
+
+// consentURLIn finds the consent URL (the one with a state) in the
+// command's output.
+func consentURLIn(s string) string {
+	for _, f := range strings.Fields(s) {
+		if strings.HasPrefix(f, "http") && strings.Contains(f, "state=") {
+			return f
+		}
+	}
+	return ""
+}
+
+// openLikeABrowser follows the consent page's redirect to the callback
+// and checks the callback's page says Authorized.
+func openLikeABrowser(ctx context.Context, u string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("opening the consent URL: %w", err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "Authorized") {
+		return fmt.Errorf("the callback answered %d", resp.StatusCode)
+	}
+	devenv.Say("    the callback page says: Authorized")
 	return nil
 }
 
