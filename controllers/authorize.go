@@ -350,9 +350,12 @@ func (r *ManagedTokenReconciler) exchange(ctx context.Context, key types.Namespa
 		if out.conflict && !out.called {
 			continue
 		}
-		pub := r.publish(ctx, in, out)
+		pctx, cancel := publishContext(ctx, out)
+		pub := r.publish(pctx, in, out)
 		status := projectStatus(in, out, pub)
-		if _, err := r.finish(ctx, in, out, pub, status); err != nil {
+		_, err = r.finish(pctx, in, out, pub, status)
+		cancel()
+		if err != nil {
 			logger.Error(err, "finishing after an authorization callback")
 		}
 		return callbackResult(in, out, name)

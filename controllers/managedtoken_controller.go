@@ -91,9 +91,28 @@ func (r *ManagedTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	p := decide(in.decisionInput())
 	log.FromContext(ctx).V(1).Info("decided", "action", p.Action.String(), "why", p.Why)
 	out := r.execute(ctx, in, p)
+	ctx, cancel := publishContext(ctx, out)
+	defer cancel()
 	pub := r.publish(ctx, in, out)
 	status := projectStatus(in, out, pub)
 	return r.finish(ctx, in, out, pub, status)
+}
+
+// publishTimeout bounds publishing a token obtained in a run that shutdown
+// has begun to cancel.
+const publishTimeout = 15 * time.Second
+
+// publishContext is the context to publish and write status in. A token
+// obtained in this run is published even when shutdown (or the loss of the
+// lease) began during the spend: workloads get it now, not when the next
+// manager starts (TestRaceTwoManagers stops both managers mid-rotation and
+// checks output and state agree). The manager's graceful shutdown timeout
+// covers the spend and this.
+func publishContext(ctx context.Context, out outcome) (context.Context, context.CancelFunc) {
+	if !out.obtained || !out.stored {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(context.WithoutCancel(ctx), publishTimeout)
 }
 
 func (r *ManagedTokenReconciler) memory() *memory {
