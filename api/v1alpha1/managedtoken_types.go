@@ -378,6 +378,7 @@ type AuthorizationStatus struct {
 // +kubebuilder:printcolumn:name="Expires",type=string,format=date-time,JSONPath=`.status.expirationTimestamp`
 // +kubebuilder:printcolumn:name="Next Refresh",type=string,format=date-time,JSONPath=`.status.nextRefreshTime`
 // +kubebuilder:printcolumn:name="Secret",type=string,JSONPath=`.spec.secretName`,priority=1
+// +kubebuilder:printcolumn:name="Authorization",type=string,JSONPath=`.status.authorization.phase`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 // +kubebuilder:validation:XValidation:rule="size(self.metadata.name) <= 63",message="metadata.name must be at most 63 characters: it is used as a label value on the Secrets the operator writes"
 type ManagedToken struct {
