@@ -46,6 +46,11 @@ func TestAPIServerAcceptsManifests(t *testing.T) {
 	samples := sampleObjects(t)
 	kust := kustomize(t, "config/default")
 	chart := helmTemplate(t)
+	// The authorization endpoint on: its Service and Ingress, and the
+	// manager with its flag and port.
+	kustAuthz := kustomizeWithAuthorization(t)
+	chartAuthz := helmTemplate(t, "--set", chartAuthzValues+",authorization.ingress.className=nginx")
+	chartAuthzNoTLS := helmTemplate(t, "--set", chartAuthzValues+",authorization.ingress.tls.enabled=false,authorization.service.type=NodePort")
 
 	env, cfg := startControlPlane(t)
 	warn := &warnings{}
@@ -121,7 +126,11 @@ func TestAPIServerAcceptsManifests(t *testing.T) {
 			t.Fatalf("creating namespace: %v", err)
 		}
 		warn.take()
-		for name, objs := range map[string]objects{"config/default": kust, "chart": chart} {
+		for name, objs := range map[string]objects{
+			"config/default": kust, "chart": chart,
+			"config/default with the authorization component": kustAuthz, "chart with authorization": chartAuthz,
+			"chart with authorization, NodePort and no TLS": chartAuthzNoTLS,
+		} {
 			for _, u := range objs {
 				switch u.GetKind() {
 				case "Namespace", "CustomResourceDefinition": // created above

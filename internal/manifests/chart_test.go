@@ -49,6 +49,7 @@ func TestHelmLint(t *testing.T) {
 	run(t, helm, "lint", "--strict", path("charts", "tokenkeeper"))
 	run(t, helm, "lint", "--strict", path("charts", "tokenkeeper"),
 		"--set", "metrics.serviceMonitor.enabled=true,prometheusRule.enabled=true,grafanaDashboard.enabled=true")
+	run(t, helm, "lint", "--strict", path("charts", "tokenkeeper"), "--set", chartAuthzValues)
 
 	// Two active managers would refresh the same tokens.
 	out, err := runErr(helm, "template", releaseName, path("charts", "tokenkeeper"),
@@ -167,8 +168,7 @@ func checkSameOperator(t *testing.T, chart, kust objects, kustName string) {
 
 	t.Run("metrics service", func(t *testing.T) {
 		for name, objs := range map[string]objects{"chart": chart, kustName: kust} {
-			svc := into[corev1.Service](t, objs.one(t, "Service", "").Object)
-			checkMetricsService(t, name, svc, deploymentOf(t, objs))
+			checkMetricsService(t, name, metricsService(t, objs), deploymentOf(t, objs))
 		}
 	})
 }

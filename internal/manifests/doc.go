@@ -3,7 +3,9 @@
 //
 // The tests render config/ with `kubectl kustomize` and charts/tokenkeeper
 // with `helm template`, and check that both deploy the same operator (RBAC,
-// manager flags, probes, Pod Security), that the chart's copies of the CRD,
+// manager flags, probes, Pod Security; with the authorization endpoint on,
+// config/components/authorization and the chart's authorization values add
+// the same flag, port, Service and Ingress), that the chart's copies of the CRD,
 // the manager's ClusterRole rules, the alert rules and the dashboard are
 // byte-identical to the files under config/, that the alert rules pass
 // `promtool check rules` and the unit tests in

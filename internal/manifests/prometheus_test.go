@@ -23,6 +23,21 @@ var wantAlerts = []string{
 	"TokenkeeperTokenNotReady",
 	"TokenkeeperManualRenewalDue",
 	"TokenkeeperManagerAbsent",
+	"TokenkeeperAuthorizationCallbacksRefused",
+}
+
+// authorizeCommand is how the runbooks tell a person to re-authorize one
+// token (kubectl tokenkeeper authorize, through the authorization endpoint).
+const authorizeCommand = "kubectl tokenkeeper authorize {{ $labels.name }} -n {{ $labels.namespace }}"
+
+// authorizeAlerts are the per-token alerts a person ends by re-authorizing
+// the token: their runbooks name authorizeCommand, and those listed true,
+// their descriptions too.
+var authorizeAlerts = map[string]bool{
+	"TokenkeeperReauthorizationRequired": true,
+	"TokenkeeperManualRenewalDue":        false,
+	"TokenkeeperDataAccessExpiring":      false,
+	"TokenkeeperTokenExpiringSoon":       false,
 }
 
 type ruleGroups struct {
@@ -39,18 +54,30 @@ type ruleGroups struct {
 	} `json:"groups"`
 }
 
+// allAnnotations makes ruleFile keep every annotation.
+var allAnnotations = []string{"*"}
+
 // ruleFile returns the spec (the rule groups) of config/prometheus/rules.yaml
-// in promtool's format, optionally without the alerts' annotations.
-func ruleFile(t testing.TB, withAnnotations bool) []byte {
+// in promtool's format, keeping only the alerts' annotations named in keep
+// (all of them with allAnnotations, none without keep).
+func ruleFile(t testing.TB, keep ...string) []byte {
 	t.Helper()
 	spec, ok := readYAML(t, "config/prometheus/rules.yaml")["spec"].(map[string]any)
 	if !ok {
 		t.Fatal("config/prometheus/rules.yaml has no spec")
 	}
-	if !withAnnotations {
+	if !slices.Equal(keep, allAnnotations) {
 		for _, g := range spec["groups"].([]any) {
 			for _, r := range g.(map[string]any)["rules"].([]any) {
-				delete(r.(map[string]any), "annotations")
+				a, _ := r.(map[string]any)["annotations"].(map[string]any)
+				for k := range a {
+					if !slices.Contains(keep, k) {
+						delete(a, k)
+					}
+				}
+				if len(a) == 0 {
+					delete(r.(map[string]any), "annotations")
+				}
 			}
 		}
 	}
@@ -68,26 +95,33 @@ func writeFile(t testing.TB, p string, data []byte) {
 	}
 }
 
-// TestPrometheusRules runs `promtool check rules` on the alerts and `promtool
-// test rules` on config/prometheus/rules_test.yaml.
+// TestPrometheusRules runs `promtool check rules` on the alerts, and `promtool
+// test rules` on config/prometheus/rules_test.yaml (rules without
+// annotations) and rules_annotations_test.yaml (rules with their summary
+// and description only).
 func TestPrometheusRules(t *testing.T) {
 	t.Parallel()
 	promtool := tool(t, "promtool")
 
 	full := filepath.Join(t.TempDir(), "tokenkeeper.rules.yaml")
-	writeFile(t, full, ruleFile(t, true))
+	writeFile(t, full, ruleFile(t, allAnnotations...))
 	run(t, promtool, "check", "rules", "--lint=all", "--lint-fatal", full)
 
-	// rules_test.yaml names rules.yaml beside it.
-	dir := t.TempDir()
-	writeFile(t, filepath.Join(dir, "rules.yaml"), ruleFile(t, false))
-	tests, err := os.ReadFile(path("config", "prometheus", "rules_test.yaml"))
-	if err != nil {
-		t.Fatal(err)
+	for file, keep := range map[string][]string{
+		"rules_test.yaml":             nil,
+		"rules_annotations_test.yaml": {"summary", "description"},
+	} {
+		// Each test file names rules.yaml beside it.
+		dir := t.TempDir()
+		writeFile(t, filepath.Join(dir, "rules.yaml"), ruleFile(t, keep...))
+		tests, err := os.ReadFile(path("config", "prometheus", file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, filepath.Join(dir, file), tests)
+		out := run(t, promtool, "test", "rules", filepath.Join(dir, file))
+		t.Logf("promtool test rules %s:\n%s", file, out)
 	}
-	writeFile(t, filepath.Join(dir, "rules_test.yaml"), tests)
-	out := run(t, promtool, "test", "rules", filepath.Join(dir, "rules_test.yaml"))
-	t.Logf("promtool test rules:\n%s", out)
 }
 
 // TestAlertRules checks what promtool does not: every alert the brief names
@@ -119,6 +153,18 @@ func TestAlertRules(t *testing.T) {
 			}
 			if r.For == "" {
 				t.Errorf("%s: no for: duration; a single bad scrape would page", r.Alert)
+			}
+			if inDescription, ok := authorizeAlerts[r.Alert]; ok {
+				if !strings.Contains(r.Annotations["runbook"], "`"+authorizeCommand+"`") {
+					t.Errorf("%s: the runbook does not name `%s`", r.Alert, authorizeCommand)
+				}
+				if inDescription && !strings.Contains(r.Annotations["description"], "`"+authorizeCommand+"`") {
+					t.Errorf("%s: the description does not name `%s`", r.Alert, authorizeCommand)
+				}
+				// The command's labels are the alert's.
+				if !strings.Contains(r.Expr, "by (namespace, name, provider)") {
+					t.Errorf("%s: the expression does not keep the namespace and name labels the command needs", r.Alert)
+				}
 			}
 		}
 	}
@@ -265,7 +311,7 @@ func TestDashboard(t *testing.T) {
 			fmt.Fprintf(&rules, "  - record: dashboard:query%d\n    expr: %s\n", n, q)
 		}
 	}
-	for _, want := range []string{"expires", "Refreshes", "Failed", "p50", "p95"} {
+	for _, want := range []string{"expires", "Refreshes", "Failed", "p50", "p95", "Authorization callbacks"} {
 		if !slices.ContainsFunc(titles, func(s string) bool { return strings.Contains(s, want) }) {
 			t.Errorf("no dashboard panel about %q among %q", want, titles)
 		}
@@ -273,4 +319,51 @@ func TestDashboard(t *testing.T) {
 	f := filepath.Join(t.TempDir(), "dashboard.rules.yaml")
 	writeFile(t, f, []byte(rules.String()))
 	run(t, tool(t, "promtool"), "check", "rules", f)
+}
+
+// TestAlertAnnotationTests checks that rules_annotations_test.yaml keeps
+// checking what matters: a rendered TokenkeeperReauthorizationRequired
+// description that names the authorize command with the token's own name and
+// namespace, and the TokenkeeperAuthorizationCallbacksRefused text.
+func TestAlertAnnotationTests(t *testing.T) {
+	t.Parallel()
+	var tests struct {
+		Tests []struct {
+			AlertRuleTest []struct {
+				Alertname string `json:"alertname"`
+				ExpAlerts []struct {
+					ExpLabels      map[string]string `json:"exp_labels"`
+					ExpAnnotations map[string]string `json:"exp_annotations"`
+				} `json:"exp_alerts"`
+			} `json:"alert_rule_test"`
+		} `json:"tests"`
+	}
+	data, err := os.ReadFile(path("config", "prometheus", "rules_annotations_test.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(data, &tests); err != nil {
+		t.Fatal(err)
+	}
+	checked := map[string]int{}
+	for _, tg := range tests.Tests {
+		for _, c := range tg.AlertRuleTest {
+			for _, a := range c.ExpAlerts {
+				if c.Alertname == "TokenkeeperReauthorizationRequired" {
+					want := fmt.Sprintf("`kubectl tokenkeeper authorize %s -n %s`", a.ExpLabels["name"], a.ExpLabels["namespace"])
+					if !strings.Contains(a.ExpAnnotations["description"], want) {
+						t.Errorf("rules_annotations_test.yaml: %s for %v expects a description without %s", c.Alertname, a.ExpLabels, want)
+					}
+				}
+				if a.ExpAnnotations["description"] != "" && a.ExpAnnotations["summary"] != "" {
+					checked[c.Alertname]++
+				}
+			}
+		}
+	}
+	for _, a := range []string{"TokenkeeperReauthorizationRequired", "TokenkeeperAuthorizationCallbacksRefused"} {
+		if checked[a] == 0 {
+			t.Errorf("rules_annotations_test.yaml checks no rendered summary and description of %s", a)
+		}
+	}
 }
