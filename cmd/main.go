@@ -198,6 +198,7 @@ func run(c runConfig) error {
 		// One-click authorization: the reconciler publishes consent URLs,
 		// and the endpoint (on every replica) takes the callbacks.
 		r.ConsentURL = consentURL(c.amoConsent, c.fbDialog)
+		m.InitCallbacks([]string{string(tokensv1alpha1.ProviderAmoCRM), string(tokensv1alpha1.ProviderFacebook)}, callback.Results)
 		if err := mgr.Add(&callback.Endpoint{Addr: c.authzAddr, Handler: callback.NewServer(callback.Options{
 			Handler: r.HandleCallback, Record: m.RecordCallback, Timeout: spendTimeout + 15*time.Second,
 		})}); err != nil {

@@ -257,7 +257,7 @@ func (r *ManagedTokenReconciler) findRequest(ctx context.Context, p callback.Par
 	hash := authz.Hash(p.State)
 	var list corev1.SecretList
 	if err := r.List(ctx, &list, client.MatchingLabels{
-		tokensv1alpha1.ManagedByLabel: tokensv1alpha1.ManagedByValue,
+		tokensv1alpha1.ManagedByLabel:  tokensv1alpha1.ManagedByValue,
 		tokensv1alpha1.SecretRoleLabel: roleState,
 		authzRequestLabel:              hash[len(authz.HashPrefix) : len(authz.HashPrefix)+40],
 	}); err != nil {

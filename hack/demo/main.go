@@ -55,19 +55,19 @@ import (
 )
 
 const (
-	namespace    = "demo"
-	metricsAddr  = "127.0.0.1:8080"
-	probeAddr    = "127.0.0.1:8081"
+	namespace   = "demo"
+	metricsAddr = "127.0.0.1:8080"
+	probeAddr   = "127.0.0.1:8081"
 	// authzAddr is the manager's authorization endpoint; the sandbox's
 	// integration and app redirect there.
 	authzAddr = "127.0.0.1:8082"
 	// authorizeMTName is the ManagedToken created without a grant, which the
 	// demo authorizes with kubectl tokenkeeper authorize.
 	authorizeMTName = "amocrm-authorized"
-	tickEvery    = 20 * time.Second
-	accessTTL    = 3 * time.Minute
-	amoCRMMTName = "amocrm"
-	amoCRMDomain = "demo.amocrm.ru"
+	tickEvery       = 20 * time.Second
+	accessTTL       = 3 * time.Minute
+	amoCRMMTName    = "amocrm"
+	amoCRMDomain    = "demo.amocrm.ru"
 	// fbCheckInterval is the Facebook tokens' checkInterval: the minimum, so
 	// the demo shows each token being checked.
 	fbCheckInterval = time.Minute

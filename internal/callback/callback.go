@@ -41,6 +41,10 @@ const (
 	NotStored         = "NotStored"
 )
 
+// Results lists every result, for metrics that start at 0.
+var Results = []string{Accepted, MissingState, UnknownState, Expired, Replayed, RefererNotAllowed,
+	ConsentDenied, ProviderError, Unsolicited, Malformed, RateLimited, NotStored}
+
 const (
 	// maxQuery bounds the raw query string: a callback carries a code
 	// (AmoCRM's are about 700 characters), a state of 43, a referer and a

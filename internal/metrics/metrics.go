@@ -109,6 +109,16 @@ func (m *Metrics) RecordRefresh(provider, result string) {
 	m.refreshes.WithLabelValues(provider, result).Inc()
 }
 
+// InitCallbacks creates the callback series at 0, so that increase() in
+// alerts sees the first refusal after a restart.
+func (m *Metrics) InitCallbacks(providers, results []string) {
+	for _, p := range providers {
+		for _, r := range results {
+			m.callbacks.WithLabelValues(p, r)
+		}
+	}
+}
+
 // RecordCallback counts one request to an OAuth callback.
 func (m *Metrics) RecordCallback(provider, result string) {
 	m.callbacks.WithLabelValues(provider, result).Inc()
