@@ -127,3 +127,24 @@ tokenkeeper_build_info{goversion="go1.99",revision="0123abcd",version="1.2.3"} 1
 		t.Fatal(err)
 	}
 }
+
+func TestCallbacksStartAtZero(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	m := New()
+	if err := m.RegisterWith(reg, &listReader{}); err != nil {
+		t.Fatal(err)
+	}
+	m.InitCallbacks([]string{"AmoCRM", "Facebook"}, []string{"accepted", "Expired"})
+	m.RecordCallback("Facebook", "Expired")
+	want := `
+# HELP tokenkeeper_authorization_callbacks_total Requests to the authorization endpoint's OAuth callbacks by provider and result: accepted, or why one was refused (MissingState, UnknownState, Expired, Replayed, RefererNotAllowed, ConsentDenied, ProviderError, Unsolicited, Malformed, RateLimited, NotStored).
+# TYPE tokenkeeper_authorization_callbacks_total counter
+tokenkeeper_authorization_callbacks_total{provider="AmoCRM",result="Expired"} 0
+tokenkeeper_authorization_callbacks_total{provider="AmoCRM",result="accepted"} 0
+tokenkeeper_authorization_callbacks_total{provider="Facebook",result="Expired"} 1
+tokenkeeper_authorization_callbacks_total{provider="Facebook",result="accepted"} 0
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "tokenkeeper_authorization_callbacks_total"); err != nil {
+		t.Fatal(err)
+	}
+}
