@@ -46,6 +46,9 @@ const (
 	// callbackAttempts bounds how often a callback re-reads after a
 	// conflict before the exchange (nothing was spent then).
 	callbackAttempts = 3
+	// callbackWait bounds how long a callback waits for a spend in progress
+	// (a refresh of the same token) to end before it spends its code.
+	callbackWait = 20 * time.Second
 
 	eventAuthorizationRequested = "AuthorizationRequested"
 	eventAuthorizationCompleted = "AuthorizationCompleted"
@@ -338,7 +341,8 @@ func (r *ManagedTokenReconciler) recordDenial(ctx context.Context, mt *tokensv1a
 func (r *ManagedTokenReconciler) exchange(ctx context.Context, key types.NamespacedName, cb callbackGrant) callback.Result {
 	name := key.Namespace + "/" + key.Name
 	logger := log.FromContext(ctx).WithValues("managedToken", name)
-	for range callbackAttempts {
+	waitUntil := time.Now().Add(callbackWait)
+	for attempt := 0; attempt < callbackAttempts; {
 		in, err := r.loadWith(ctx, key, &cb)
 		if err != nil || in == nil {
 			return callback.Result{Outcome: callback.NotStored, ManagedToken: name, Message: "the ManagedToken or its state cannot be read right now; nothing was spent. Run kubectl tokenkeeper authorize again"}
@@ -346,6 +350,15 @@ func (r *ManagedTokenReconciler) exchange(ctx context.Context, key types.Namespa
 		if refusal := checkFresh(in, cb, name); refusal != nil {
 			return *refusal
 		}
+		if i := in.record.state.Intent; i != nil && in.now.Before(i.Deadline) {
+			// Another spend of this token is in flight (a refresh): let it
+			// end and be stored, then spend the code on top of its outcome.
+			if time.Now().After(waitUntil) || sleepCtx(ctx, 250*time.Millisecond) != nil {
+				return callback.Result{Outcome: callback.NotStored, ManagedToken: name, Message: "a refresh of this token is still in progress; nothing was spent. Reload this page in a minute"}
+			}
+			continue
+		}
+		attempt++
 		out := r.spend(ctx, in, plan{Action: actionBootstrap, Why: "AuthorizationCallback"})
 		if out.conflict && !out.called {
 			continue
@@ -361,6 +374,17 @@ func (r *ManagedTokenReconciler) exchange(ctx context.Context, key types.Namespa
 		return callbackResult(in, out, name)
 	}
 	return callback.Result{Outcome: callback.NotStored, ManagedToken: name, Message: "the ManagedToken's state kept changing; nothing was spent. Run kubectl tokenkeeper authorize again"}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
 
 // checkFresh re-checks a request on the state read from the API server
