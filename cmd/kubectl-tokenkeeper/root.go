@@ -38,12 +38,16 @@ func newScheme() *runtime.Scheme {
 	return s
 }
 
-// Options is shared by every subcommand: the kubeconfig flags, the streams
-// and the clock that "time left" is measured against.
+// Options is shared by every subcommand: the kubeconfig flags, the streams,
+// the clock that "time left" is measured against (and that authorize waits
+// on), and how authorize --open starts a browser.
 type Options struct {
 	ConfigFlags *genericclioptions.ConfigFlags
 	genericiooptions.IOStreams
-	Clock clock.PassiveClock
+	Clock clock.Clock
+	// OpenBrowser opens a URL in the user's browser. Tests replace it, so
+	// no test ever starts a browser.
+	OpenBrowser func(url string) error
 }
 
 // Client builds an uncached controller-runtime client from the kubeconfig
@@ -75,26 +79,36 @@ func (o *Options) clientAndNamespace() (client.Client, string, error) {
 }
 
 // NewRootCommand returns `kubectl tokenkeeper` with its subcommands.
-func NewRootCommand(streams genericiooptions.IOStreams, clk clock.PassiveClock) *cobra.Command {
-	// controller-runtime logs through a delegating logger; a CLI has no use
-	// for it (and it would complain after 30s that none was set).
-	ctrllog.SetLogger(logr.Discard())
-
-	o := &Options{
+func NewRootCommand(streams genericiooptions.IOStreams, clk clock.Clock) *cobra.Command {
+	return newRootCommand(&Options{
 		ConfigFlags: genericclioptions.NewConfigFlags(true),
 		IOStreams:   streams,
 		Clock:       clk,
-	}
+		OpenBrowser: openBrowser,
+	})
+}
+
+// newRootCommand builds the command tree on o (tests inject the browser
+// opener through it).
+func newRootCommand(o *Options) *cobra.Command {
+	// controller-runtime logs through a delegating logger; a CLI has no use
+	// for it (and it would complain after 30s that none was set).
+	ctrllog.SetLogger(logr.Discard())
+	streams := o.IOStreams
 	cmd := &cobra.Command{
 		Use:   "kubectl-tokenkeeper",
-		Short: "Inspect and refresh tokenkeeper ManagedTokens",
-		Long: `Inspect and refresh tokenkeeper ManagedTokens (tokens.tokenkeeper.dev/v1alpha1).
+		Short: "Inspect, refresh and authorize tokenkeeper ManagedTokens",
+		Long: `Inspect, refresh and authorize tokenkeeper ManagedTokens (tokens.tokenkeeper.dev/v1alpha1).
 
 Examples:
   kubectl tokenkeeper status -A
   kubectl tokenkeeper status -n ads -l team=growth -o wide
   kubectl tokenkeeper describe -n ads facebook-marketing
-  kubectl tokenkeeper refresh -n ads facebook-marketing`,
+  kubectl tokenkeeper refresh -n ads facebook-marketing
+  kubectl tokenkeeper authorize -n ads facebook-marketing --open
+
+Exit status: 0 on success; 1 on any error, including a usage error and a
+failed, expired or timed-out authorization; 130 when interrupted (Ctrl-C).`,
 		Annotations: map[string]string{
 			cobra.CommandDisplayNameAnnotation: "kubectl tokenkeeper",
 		},
@@ -110,7 +124,7 @@ Examples:
 	cmd.SetErr(streams.ErrOut)
 	o.ConfigFlags.AddFlags(cmd.PersistentFlags())
 
-	cmd.AddCommand(newStatusCommand(o), newRefreshCommand(o), newDescribeCommand(o), newVersionCommand(o))
+	cmd.AddCommand(newStatusCommand(o), newRefreshCommand(o), newDescribeCommand(o), newAuthorizeCommand(o), newVersionCommand(o))
 	cmd.CompletionOptions.DisableDefaultCmd = true
 	return cmd
 }

@@ -155,7 +155,7 @@ func inProcess(t *testing.T, now time.Time, args ...string) result {
 	t.Helper()
 	var stdout, stderr bytes.Buffer
 	streams := genericiooptions.IOStreams{In: strings.NewReader(""), Out: &stdout, ErrOut: &stderr}
-	cmd := NewRootCommand(streams, clocktesting.NewFakePassiveClock(now))
+	cmd := NewRootCommand(streams, clocktesting.NewFakeClock(now))
 	cmd.SetArgs(append([]string{"--kubeconfig", kubeconfig}, args...))
 	err := cmd.ExecuteContext(context.Background())
 	return result{stdout: stdout.String(), stderr: stderr.String(), err: err}
@@ -177,6 +177,7 @@ type tokenOpts struct {
 	provider    tokensv1alpha1.Provider
 	labels      map[string]string
 	annotations map[string]string
+	facebook    *tokensv1alpha1.FacebookSpec
 	status      *tokensv1alpha1.ManagedTokenStatus
 }
 
@@ -191,6 +192,7 @@ func createToken(t *testing.T, ns, name string, opts tokenOpts) *tokensv1alpha1.
 			Provider:             opts.provider,
 			CredentialsSecretRef: tokensv1alpha1.SecretReference{Name: "creds"},
 			SecretName:           name + "-out",
+			Facebook:             opts.facebook,
 		},
 	}
 	if mt.Spec.Provider == "" {
