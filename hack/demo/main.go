@@ -52,6 +52,7 @@ import (
 	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
 	"github.com/tokenkeeper/tokenkeeper/hack/internal/devenv"
 	"github.com/tokenkeeper/tokenkeeper/hack/sandbox/state"
+	"github.com/tokenkeeper/tokenkeeper/internal/provider/amocrm/amocrmfake"
 )
 
 const (
@@ -67,7 +68,9 @@ const (
 	tickEvery       = 20 * time.Second
 	accessTTL       = 3 * time.Minute
 	amoCRMMTName    = "amocrm"
-	amoCRMDomain    = "demo.amocrm.ru"
+	// amoCRMDomain is the sandbox account's host: the referer its consent
+	// page sends, which the callback checks against spec.amocrm.domain.
+	amoCRMDomain = amocrmfake.DefaultDomain
 	// fbCheckInterval is the Facebook tokens' checkInterval: the minimum, so
 	// the demo shows each token being checked.
 	fbCheckInterval = time.Minute
@@ -374,7 +377,7 @@ func (d *demo) banner() {
  Control plane  kube-apiserver + etcd (envtest), CRDs from config/crd/bases
  Providers      sandbox fakes on loopback: AmoCRM %s, Facebook %s
  Operator       bin/manager (leader election on), log: .demo/manager.log
- Namespace      %s, with four ManagedTokens:`, d.st.AmoCRMURL, d.st.FacebookURL, namespace)
+ Namespace      %s, with %d ManagedTokens:`, d.st.AmoCRMURL, d.st.FacebookURL, namespace, len(tokens))
 	for _, t := range tokens {
 		devenv.Say("   %-24s %s", t.name, t.what)
 	}
@@ -652,10 +655,16 @@ func openLikeABrowser(ctx context.Context, u string) error {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
 	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "Authorized") {
-		return fmt.Errorf("the callback answered %d", resp.StatusCode)
+		// The page holds no secret: it names the ManagedToken and the result.
+		return fmt.Errorf("the callback answered %d: %s", resp.StatusCode, pageText(string(body)))
 	}
 	devenv.Say("    the callback page says: Authorized")
 	return nil
+}
+
+// pageText is the callback page's text without its markup.
+func pageText(html string) string {
+	return strings.Join(strings.Fields(regexp.MustCompile(`<[^>]*>`).ReplaceAllString(html, " ")), " ")
 }
 
 func (d *demo) warn(ctx context.Context, err error) {

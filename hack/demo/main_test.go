@@ -6,13 +6,14 @@ import (
 	"time"
 
 	"github.com/tokenkeeper/tokenkeeper/hack/sandbox/state"
+	"github.com/tokenkeeper/tokenkeeper/internal/provider/amocrm/amocrmfake"
 )
 
 func TestManifests(t *testing.T) {
 	y := manifests("https://example.com/cb")
 	for _, want := range []string{
 		"apiVersion: tokens.tokenkeeper.dev/v1alpha1", "name: amocrm\n", "provider: AmoCRM",
-		"domain: demo.amocrm.ru", `redirectURI: "https://example.com/cb"`, "refreshBefore: 2m", "checkInterval: 1m",
+		"domain: "+amocrmfake.DefaultDomain, `redirectURI: "https://example.com/cb"`, "refreshBefore: 2m", "checkInterval: 1m",
 		"name: facebook-never-expires\n", "secretName: facebook-system-user-token",
 	} {
 		if !strings.Contains(y, want) {
