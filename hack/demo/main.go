@@ -570,8 +570,8 @@ func (d *demo) verdict(s *state.Status) error {
 	if len(problems) > 0 {
 		return errors.New(strings.Join(problems, "; "))
 	}
-	devenv.Say("\nOK: amocrm became Ready, was refreshed %d time(s) after the bootstrap (%d distinct access tokens seen in its output Secret), and no refresh token was reused.",
-		s.RefreshGrants-1, d.amoVersions)
+	devenv.Say("\nOK: %s was authorized with kubectl tokenkeeper authorize; amocrm became Ready, AmoCRM refresh grants were %d beyond the bootstrap (%d distinct access tokens seen in amocrm's output Secret), and no refresh token was reused.",
+		authorizeMTName, s.RefreshGrants-1, d.amoVersions)
 	return nil
 }
 
