@@ -26,6 +26,7 @@ import (
 	"github.com/tokenkeeper/tokenkeeper/internal/provider/amocrm"
 	"github.com/tokenkeeper/tokenkeeper/internal/provider/amocrm/amocrmfake"
 	"github.com/tokenkeeper/tokenkeeper/internal/provider/facebook"
+	"github.com/tokenkeeper/tokenkeeper/internal/provider/facebook/facebookfake"
 )
 
 // TestKubectlAuthorizeWithOperator runs the whole loop with real parts: the
@@ -34,6 +35,12 @@ import (
 // test plays the human: it opens the printed URL, and the fake approves and
 // redirects to the callback. The command then reports the token Ready.
 func TestKubectlAuthorizeWithOperator(t *testing.T) {
+	for _, p := range []tokensv1alpha1.Provider{tokensv1alpha1.ProviderAmoCRM, tokensv1alpha1.ProviderFacebook} {
+		t.Run(string(p), func(t *testing.T) { authorizeWithOperator(t, p) })
+	}
+}
+
+func authorizeWithOperator(t *testing.T, prov tokensv1alpha1.Provider) {
 	kubectl, path := kubectlWithPlugin(t)
 	ns := newNamespace(t)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -48,6 +55,10 @@ func TestKubectlAuthorizeWithOperator(t *testing.T) {
 	amo := amocrmfake.New(amocrmfake.Options{ClientID: clientID, ClientSecret: clientSecret, RedirectURI: endpoint + tokensv1alpha1.AmoCRMCallbackPath})
 	amoSrv := httptest.NewServer(amo)
 	defer amoSrv.Close()
+	const appID, appSecret = "634974688087057", "facebook-app-secret-e2e-9d2f"
+	fb := facebookfake.New(facebookfake.Options{AppID: appID, AppSecret: appSecret})
+	fbSrv := httptest.NewServer(fb)
+	defer fbSrv.Close()
 
 	cacheOpts := controllers.ManagerCacheOptions()
 	cacheOpts.DefaultNamespaces = map[string]cache.Config{ns: {}}
@@ -70,9 +81,12 @@ func TestKubectlAuthorizeWithOperator(t *testing.T) {
 		Recorder: mgr.GetEventRecorder("tokenkeeper"), Clock: clock.RealClock{},
 		Providers: map[tokensv1alpha1.Provider]provider.Provider{
 			tokensv1alpha1.ProviderAmoCRM:   amocrm.New(amocrm.Options{BaseURL: amoSrv.URL}),
-			tokensv1alpha1.ProviderFacebook: facebook.New(facebook.Options{}),
+			tokensv1alpha1.ProviderFacebook: facebook.New(facebook.Options{BaseURL: fbSrv.URL}),
 		},
 		ConsentURL: func(spec *tokensv1alpha1.ManagedTokenSpec, c provider.Credentials) (string, error) {
+			if spec.Provider == tokensv1alpha1.ProviderFacebook {
+				return facebook.ConsentURL(fbSrv.URL, spec, c.Get("app_id"))
+			}
 			return amocrm.ConsentURL(amoSrv.URL+"/oauth", spec, c.Get("client_id"))
 		},
 	}
@@ -91,17 +105,23 @@ func TestKubectlAuthorizeWithOperator(t *testing.T) {
 		}
 	}()
 
-	if err := k8sClient.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "crm-oauth"},
-		StringData: map[string]string{"client_id": clientID, "client_secret": clientSecret}}); err != nil {
+	credsData := map[string]string{"client_id": clientID, "client_secret": clientSecret}
+	spec := tokensv1alpha1.ManagedTokenSpec{
+		Provider: prov, CredentialsSecretRef: tokensv1alpha1.SecretReference{Name: "crm-oauth"}, SecretName: "crm-token",
+		AmoCRM: &tokensv1alpha1.AmoCRMSpec{Domain: amo.Domain(), RedirectURI: endpoint + tokensv1alpha1.AmoCRMCallbackPath},
+	}
+	consentPrefix := amoSrv.URL + "/oauth?"
+	if prov == tokensv1alpha1.ProviderFacebook {
+		credsData = map[string]string{"app_id": appID, "app_secret": appSecret}
+		spec.AmoCRM = nil
+		spec.Facebook = &tokensv1alpha1.FacebookSpec{GraphAPIVersion: tokensv1alpha1.DefaultGraphAPIVersion,
+			RedirectURI: endpoint + tokensv1alpha1.FacebookCallbackPath, Scopes: []string{"ads_read"}}
+		consentPrefix = fbSrv.URL + "/" + tokensv1alpha1.DefaultGraphAPIVersion + "/dialog/oauth?"
+	}
+	if err := k8sClient.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "crm-oauth"}, StringData: credsData}); err != nil {
 		t.Fatal(err)
 	}
-	mt := &tokensv1alpha1.ManagedToken{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "crm"},
-		Spec: tokensv1alpha1.ManagedTokenSpec{
-			Provider: tokensv1alpha1.ProviderAmoCRM, CredentialsSecretRef: tokensv1alpha1.SecretReference{Name: "crm-oauth"}, SecretName: "crm-token",
-			AmoCRM: &tokensv1alpha1.AmoCRMSpec{Domain: amo.Domain(), RedirectURI: endpoint + tokensv1alpha1.AmoCRMCallbackPath},
-		},
-	}
+	mt := &tokensv1alpha1.ManagedToken{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "crm"}, Spec: spec}
 	if err := k8sClient.Create(ctx, mt); err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +131,7 @@ func TestKubectlAuthorizeWithOperator(t *testing.T) {
 	deadline := time.Now().Add(30 * time.Second)
 	for consentURL == "" && time.Now().Before(deadline) && !proc.exited() {
 		for _, f := range strings.Fields(proc.stdout.String()) {
-			if strings.HasPrefix(f, amoSrv.URL+"/oauth?") && strings.Contains(f, "state=") {
+			if strings.HasPrefix(f, consentPrefix) && strings.Contains(f, "state=") {
 				consentURL = f
 			}
 		}
@@ -137,10 +157,10 @@ func TestKubectlAuthorizeWithOperator(t *testing.T) {
 	if !strings.Contains(proc.stdout.String(), "managedtoken/crm authorized: Ready") {
 		t.Fatalf("no success line:\n%s", proc)
 	}
-	if got := amo.Calls(amocrm.OpAuthorizationCode); got != 1 {
+	if got := amo.Calls(amocrm.OpAuthorizationCode) + fb.Calls(facebookfake.OpAuthorizationCode); got != 1 {
 		t.Fatalf("authorization_code exchanges = %d, want 1", got)
 	}
-	for _, s := range append(amo.Secrets(), clientSecret) {
+	for _, s := range append(append(amo.Secrets(), fb.Secrets()...), clientSecret, appSecret) {
 		if len(s) >= 8 && (strings.Contains(proc.stdout.String(), s) || strings.Contains(proc.stderr.String(), s) || strings.Contains(string(page), s)) {
 			t.Fatal("a secret value appeared in the command's output or the callback page")
 		}
