@@ -210,3 +210,31 @@ func Redact(text string, values ...string) string {
 	}
 	return strings.TrimSpace(text)
 }
+
+// AppendQuery appends params, in order, to uri, keeping uri's own bytes
+// (its query included) and any fragment at the end: a redirect to a
+// registered redirect URI must not re-encode what the integration set.
+func AppendQuery(uri string, params [][2]string) string {
+	base, frag, hasFrag := strings.Cut(uri, "#")
+	var b strings.Builder
+	b.WriteString(base)
+	switch {
+	case !strings.Contains(base, "?"):
+		b.WriteByte('?')
+	case !strings.HasSuffix(base, "?") && !strings.HasSuffix(base, "&"):
+		b.WriteByte('&')
+	}
+	for i, p := range params {
+		if i > 0 {
+			b.WriteByte('&')
+		}
+		b.WriteString(url.QueryEscape(p[0]))
+		b.WriteByte('=')
+		b.WriteString(url.QueryEscape(p[1]))
+	}
+	if hasFrag {
+		b.WriteByte('#')
+		b.WriteString(frag)
+	}
+	return b.String()
+}

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+
+	"github.com/tokenkeeper/tokenkeeper/internal/provider"
 )
 
 // The consent side of the fake: AmoCRM's OAuth page
@@ -67,7 +69,7 @@ func (s *Server) UnsolicitedCallbackURL() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	code := s.issueCodeLocked()
-	return s.callbackURLLocked([][2]string{
+	return provider.AppendQuery(s.opts.RedirectURI, [][2]string{
 		{"code", code}, {"referer", s.domain}, {"platform", platformOf(s.domain)},
 		{"client_id", s.opts.ClientID}, {"from_widget", "1"},
 	})
@@ -113,39 +115,12 @@ func (s *Server) serveConsent(w http.ResponseWriter, r *http.Request) {
 		params = append(params, [2]string{"referer", s.domain}, [2]string{"platform", platformOf(s.domain)},
 			[2]string{"client_id", s.opts.ClientID})
 	}
-	loc := s.callbackURLLocked(params)
+	loc := provider.AppendQuery(s.opts.RedirectURI, params)
 	w.Header().Set("Location", loc)
 	w.Header().Set("Cache-Control", "no-store")
 	writePage(w, http.StatusFound, "Redirecting to the integration")
 }
 
-// callbackURLLocked appends params, in order, to the integration's redirect
-// URI, keeping the redirect URI's own bytes (its query included) as they
-// are.
-func (s *Server) callbackURLLocked(params [][2]string) string {
-	base, frag, hasFrag := strings.Cut(s.opts.RedirectURI, "#")
-	var b strings.Builder
-	b.WriteString(base)
-	switch {
-	case !strings.Contains(base, "?"):
-		b.WriteByte('?')
-	case !strings.HasSuffix(base, "?") && !strings.HasSuffix(base, "&"):
-		b.WriteByte('&')
-	}
-	for i, p := range params {
-		if i > 0 {
-			b.WriteByte('&')
-		}
-		b.WriteString(url.QueryEscape(p[0]))
-		b.WriteByte('=')
-		b.WriteString(url.QueryEscape(p[1]))
-	}
-	if hasFrag {
-		b.WriteByte('#')
-		b.WriteString(frag)
-	}
-	return b.String()
-}
 
 // platformOf is the platform parameter for an account host.
 func platformOf(domain string) string {

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/tokenkeeper/tokenkeeper/internal/provider"
 )
 
 // The login flow ("Manually Build a Login Flow", developers.facebook.com/docs/
@@ -111,7 +113,7 @@ func (s *Server) dialogLocked(w http.ResponseWriter, r *http.Request) {
 	if state != "" {
 		params = append(params, [2]string{"state", state})
 	}
-	loc := appendQuery(redirectURI, params)
+	loc := provider.AppendQuery(redirectURI, params)
 	if s.opts.AppendHashFragment && !strings.Contains(loc, "#") {
 		loc += "#_=_"
 	}
@@ -201,32 +203,6 @@ func splitScopes(raw string) []string {
 	return out
 }
 
-// appendQuery appends params, in order, to uri, keeping uri's own bytes
-// (its query included) and any fragment at the end.
-func appendQuery(uri string, params [][2]string) string {
-	base, frag, hasFrag := strings.Cut(uri, "#")
-	var b strings.Builder
-	b.WriteString(base)
-	switch {
-	case !strings.Contains(base, "?"):
-		b.WriteByte('?')
-	case !strings.HasSuffix(base, "?") && !strings.HasSuffix(base, "&"):
-		b.WriteByte('&')
-	}
-	for i, p := range params {
-		if i > 0 {
-			b.WriteByte('&')
-		}
-		b.WriteString(url.QueryEscape(p[0]))
-		b.WriteByte('=')
-		b.WriteString(url.QueryEscape(p[1]))
-	}
-	if hasFrag {
-		b.WriteByte('#')
-		b.WriteString(frag)
-	}
-	return b.String()
-}
 
 func writeDialogPage(w http.ResponseWriter, status int, msg string) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
