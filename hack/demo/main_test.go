@@ -13,7 +13,7 @@ func TestManifests(t *testing.T) {
 	y := manifests("https://example.com/cb")
 	for _, want := range []string{
 		"apiVersion: tokens.tokenkeeper.dev/v1alpha1", "name: amocrm\n", "provider: AmoCRM",
-		"domain: "+amocrmfake.DefaultDomain, `redirectURI: "https://example.com/cb"`, "refreshBefore: 2m", "checkInterval: 1m",
+		"domain: " + amocrmfake.DefaultDomain, `redirectURI: "https://example.com/cb"`, "refreshBefore: 2m", "checkInterval: 1m",
 		"name: facebook-never-expires\n", "secretName: facebook-system-user-token",
 	} {
 		if !strings.Contains(y, want) {

@@ -121,7 +121,6 @@ func (s *Server) serveConsent(w http.ResponseWriter, r *http.Request) {
 	writePage(w, http.StatusFound, "Redirecting to the integration")
 }
 
-
 // platformOf is the platform parameter for an account host.
 func platformOf(domain string) string {
 	if strings.HasSuffix(strings.ToLower(domain), ".amocrm.ru") {

@@ -203,7 +203,6 @@ func splitScopes(raw string) []string {
 	return out
 }
 
-
 func writeDialogPage(w http.ResponseWriter, status int, msg string) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.WriteHeader(status)
