@@ -490,6 +490,19 @@ func TestAuthorizeRefusals(t *testing.T) {
 	if got := e.amo.Calls(amocrm.OpAuthorizationCode); got != 0 {
 		t.Fatalf("%d code exchanges in a test of refusals", got)
 	}
+	fmt.Printf("measured: authorization callbacks refused without a provider call or a Secret write: %d kinds (%s)\n", len(cases)+1, refusedKinds(e.callbacks()))
+}
+
+// refusedKinds lists the counted refusals, sorted.
+func refusedKinds(m map[string]float64) string {
+	var out []string
+	for k, v := range m {
+		if v > 0 && !strings.HasSuffix(k, "/"+callback.Accepted) {
+			out = append(out, fmt.Sprintf("%s=%v", k, v))
+		}
+	}
+	sort.Strings(out)
+	return strings.Join(out, ", ")
 }
 
 // nudge makes the manager reconcile name now: a change of its credentials
