@@ -256,6 +256,9 @@ func writeDescription(w io.Writer, in describeInput, now time.Time) error {
 	if sp.Facebook != nil && sp.Facebook.GraphAPIVersion != "" {
 		p(1, "Graph API Version:\t%s", sp.Facebook.GraphAPIVersion)
 	}
+	if sp.Facebook != nil && sp.Facebook.RedirectURI != "" {
+		p(1, "Facebook Redirect URI:\t%s", sp.Facebook.RedirectURI)
+	}
 	p(1, "Credentials Secret:\t%s", sp.CredentialsSecretRef.Name)
 	p(1, "Output Secret:\t%s", sp.SecretName)
 	p(1, "Refresh Before:\t%s", durationText(sp.RefreshBefore, defaultRefreshBefore(sp.Provider)))
@@ -305,6 +308,9 @@ func writeDescription(w io.Writer, in describeInput, now time.Time) error {
 		}
 		p(1, "Refresh Requested At:\t%s%s", orNoneDescribe(requested), pending)
 		p(1, "Last Handled Refresh Request:\t%s", orNoneDescribe(st.LastHandledRefreshRequest))
+	}
+	if a := st.Authorization; a != nil {
+		p(1, "Authorization:\t%s (request %s, expires %s): %s", a.Phase, orNoneDescribe(a.RequestID), timestampText(a.ExpirationTimestamp, now), oneLine(a.Message))
 	}
 	p(1, "Observed Generation:\t%d (spec generation %d)", st.ObservedGeneration, mt.Generation)
 	nextSection()

@@ -103,6 +103,8 @@ func describeFixture(t *testing.T, ns string, now time.Time) *tokensv1alpha1.Man
 			ConsecutiveFailures:             1,
 			LastFailureTime:                 tm(now, -20*time.Minute),
 			LastHandledRefreshRequest:       "2026-07-01T11:00:00Z",
+			Authorization: &tokensv1alpha1.AuthorizationStatus{RequestID: "0123456789ab", Phase: tokensv1alpha1.AuthorizationCompleted,
+				ExpirationTimestamp: tm(now, -time.Hour), Message: "authorized at 2026-07-01T10:00:00Z: obtained a AmoCRMOAuth token"},
 			Conditions: []metav1.Condition{
 				cond(tokensv1alpha1.ConditionReauthorizationRequired, metav1.ConditionFalse, "Authorized", "no human action needed", now.Add(-2*time.Hour)),
 				cond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, "RefreshFailing", "the published token is still valid, but refresh: HTTP 503", now.Add(-3*time.Hour)),
@@ -164,6 +166,7 @@ func TestDescribe(t *testing.T) {
 		regexp.MustCompile(`(?m)^  Last Failure:\s+\S+Z \(20m ago\)$`),
 		regexp.MustCompile(`(?m)^  Halted:\s+No$`),
 		regexp.MustCompile(`(?m)^  Refresh Requested At:\s+2026-07-01T11:00:00Z$`),
+		regexp.MustCompile(`(?m)^  Authorization:\s+Completed \(request 0123456789ab, expires \S+Z \(1h ago\)\): authorized at 2026-07-01T10:00:00Z: obtained a AmoCRMOAuth token$`),
 	} {
 		if !want.MatchString(out) {
 			t.Errorf("describe lacks %s:\n%s", want, out)
