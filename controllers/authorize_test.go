@@ -197,15 +197,7 @@ func (e *authzEnv) authorize(name string) (consent, state string) {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	mt := e.get(name)
-	patch := client.MergeFrom(mt.DeepCopy())
-	if mt.Annotations == nil {
-		mt.Annotations = map[string]string{}
-	}
-	mt.Annotations[tokensv1alpha1.AuthorizeRequestAnnotation] = hash
-	if err := k8sClient.Patch(e.ctx, mt, patch); err != nil {
-		e.t.Fatal(err)
-	}
+	setAnnotation(e.t, e.get(name), tokensv1alpha1.AuthorizeRequestAnnotation, hash)
 	var a *tokensv1alpha1.AuthorizationStatus
 	eventually(e.t, "status.authorization Pending for "+name, 20*time.Second, func() bool {
 		a = e.get(name).Status.Authorization

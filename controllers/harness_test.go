@@ -346,14 +346,19 @@ func (h *harness) advancePastNextRefresh() {
 
 func (h *harness) annotate(value string) {
 	h.t.Helper()
-	mt := h.get()
+	setAnnotation(h.t, h.get(), tokensv1alpha1.RefreshRequestedAtAnnotation, value)
+}
+
+// setAnnotation patches one annotation of mt.
+func setAnnotation(t *testing.T, mt *tokensv1alpha1.ManagedToken, key, value string) {
+	t.Helper()
 	patch := client.MergeFrom(mt.DeepCopy())
 	if mt.Annotations == nil {
 		mt.Annotations = map[string]string{}
 	}
-	mt.Annotations[tokensv1alpha1.RefreshRequestedAtAnnotation] = value
-	if err := k8sClient.Patch(h.ctx, mt, patch); err != nil {
-		h.t.Fatal(err)
+	mt.Annotations[key] = value
+	if err := k8sClient.Patch(context.Background(), mt, patch); err != nil {
+		t.Fatal(err)
 	}
 }
 

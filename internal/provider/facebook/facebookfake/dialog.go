@@ -149,12 +149,7 @@ func (s *Server) redirectAllowed(uri string) bool {
 // codeGrantLocked answers the code exchange.
 func (s *Server) codeGrantLocked(w http.ResponseWriter, r *http.Request) {
 	f := r.Form
-	if f.Get("client_id") != s.opts.AppID {
-		s.writeError(w, http.StatusBadRequest, 101, 0, InvalidAppIDMessage)
-		return
-	}
-	if f.Get("client_secret") != s.opts.AppSecret {
-		s.writeError(w, http.StatusBadRequest, 1, 0, ClientSecretErrorMessage)
+	if !s.appCredentialsOK(w, f) {
 		return
 	}
 	now := s.clock.Now()

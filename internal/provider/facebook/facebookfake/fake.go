@@ -20,6 +20,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/url"
 	"regexp"
 	"strconv"
 	"sync"
@@ -601,12 +602,7 @@ func (s *Server) exchangeLocked(w http.ResponseWriter, r *http.Request, refresh 
 		s.writeError(w, http.StatusBadRequest, 100, 0, "Unsupported grant_type")
 		return
 	}
-	if f.Get("client_id") != s.opts.AppID {
-		s.writeError(w, http.StatusBadRequest, 101, 0, InvalidAppIDMessage)
-		return
-	}
-	if f.Get("client_secret") != s.opts.AppSecret {
-		s.writeError(w, http.StatusBadRequest, 1, 0, ClientSecretErrorMessage)
+	if !s.appCredentialsOK(w, f) {
 		return
 	}
 	in := f.Get("fb_exchange_token")
@@ -955,4 +951,18 @@ func randomDigits(n int) string {
 		b[0] = '1'
 	}
 	return string(b)
+}
+
+// appCredentialsOK checks client_id and client_secret of a token endpoint
+// request, answering Meta's error when one is wrong.
+func (s *Server) appCredentialsOK(w http.ResponseWriter, f url.Values) bool {
+	if f.Get("client_id") != s.opts.AppID {
+		s.writeError(w, http.StatusBadRequest, 101, 0, InvalidAppIDMessage)
+		return false
+	}
+	if f.Get("client_secret") != s.opts.AppSecret {
+		s.writeError(w, http.StatusBadRequest, 1, 0, ClientSecretErrorMessage)
+		return false
+	}
+	return true
 }
