@@ -135,7 +135,7 @@ func (r *ManagedTokenReconciler) acceptAuthorization(ctx context.Context, in *in
 		out.storeErr = err
 	default:
 		log.FromContext(ctx).Info("authorization requested", "requestID", authz.RequestID(rec.Hash), "expires", rec.Expires, "phase", rec.Phase)
-		out.state, out.rv, out.accepted = next, rv, true
+		out.state, out.rv = next, rv
 	}
 	return out
 }

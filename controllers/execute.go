@@ -43,9 +43,8 @@ type outcome struct {
 	// after this point must not send it again).
 	called bool
 	// viaCallback: the spend exchanged a code from an authorization
-	// callback; accepted: this run took a new authorization request.
+	// callback.
 	viaCallback bool
-	accepted    bool
 }
 
 // execute carries out the plan. Spends follow the rotation protocol
