@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -116,11 +117,18 @@ func (r *ManagedTokenReconciler) acceptAuthorization(ctx context.Context, in *in
 			}
 		}
 		u, err := r.ConsentURL(&in.mt.Spec, in.creds)
-		if in.creds == nil {
-			err = fmt.Errorf("credentials Secret %q not found", in.mt.Spec.CredentialsSecretRef.Name)
+		var why string
+		var pe *provider.Error
+		switch {
+		case in.creds == nil:
+			why = fmt.Sprintf("the credentials Secret %q was not found in namespace %q", in.mt.Spec.CredentialsSecretRef.Name, in.mt.Namespace)
+		case errors.As(err, &pe):
+			why = pe.Message
+		case err != nil:
+			why = err.Error()
 		}
-		if err != nil {
-			rec.Phase, rec.Message = string(tokensv1alpha1.AuthorizationFailed), "no consent page can be built: "+provider.AsError(err).Message
+		if why != "" {
+			rec.Phase, rec.Message = string(tokensv1alpha1.AuthorizationFailed), "no consent page can be built: "+why
 		} else {
 			rec.ConsentURL = u
 		}

@@ -715,3 +715,47 @@ func TestAuthorizeFacebook(t *testing.T) {
 		t.Fatalf("callbacks metric = %v", got)
 	}
 }
+
+// TestAuthorizationRequestFailsClearly: a request the operator cannot serve
+// ends at once as Failed, with a message that says what to do, and writes
+// nothing but the request's record.
+func TestAuthorizationRequestFailsClearly(t *testing.T) {
+	h := newHarness(t, amocrmfake.Options{})
+	h.amoCreds(nil) // client keys, no grant
+	h.createAmoMT("")
+	h.reconcile()
+	h.wantCond(tokensv1alpha1.ConditionReauthorizationRequired, metav1.ConditionTrue, ReasonAuthorizationRequired)
+
+	for _, tc := range []struct {
+		name    string
+		consent func(*tokensv1alpha1.ManagedTokenSpec, provider.Credentials) (string, error)
+		creds   map[string]string
+		value   string
+		want    string
+	}{
+		{"endpoint not enabled", nil, nil, "", "--authorization-bind-address"},
+		{"no client_id", testConsentURL(h.amoURL, h.fbURL), map[string]string{"client_secret": testClientSecret}, "", "no consent page can be built: the credentials Secret is missing: client_id"},
+		{"malformed annotation", testConsentURL(h.amoURL, h.fbURL), nil, "not-a-hash", "is not sha256:<64 hex digits>"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h.r.ConsentURL = tc.consent
+			if tc.creds != nil {
+				h.putCreds("amocrm-oauth", tc.creds)
+			}
+			v := tc.value
+			if v == "" {
+				_, v, _ = authz.NewState()
+			}
+			setAnnotation(t, h.get(), tokensv1alpha1.AuthorizeRequestAnnotation, v)
+			h.reconcile()
+			h.reconcile()
+			a := h.get().Status.Authorization
+			if a == nil || a.Phase != tokensv1alpha1.AuthorizationFailed || !strings.Contains(a.Message, tc.want) || a.ConsentURL != "" {
+				t.Fatalf("status.authorization = %+v, want Failed with %q", a, tc.want)
+			}
+			if n := h.amo.Calls(amocrm.OpAuthorizationCode); n != 0 {
+				t.Fatalf("%d code exchanges", n)
+			}
+		})
+	}
+}
