@@ -47,9 +47,10 @@ const (
 	// callbackAttempts bounds how often a callback re-reads after a
 	// conflict before the exchange (nothing was spent then).
 	callbackAttempts = 3
-	// callbackWait bounds how long a callback waits for a spend in progress
-	// (a refresh of the same token) to end before it spends its code.
-	callbackWait = 20 * time.Second
+	// defaultCallbackWait bounds how long a callback waits for a spend in
+	// progress (a refresh of the same token) to end before it spends its
+	// code (ManagedTokenReconciler.CallbackWait).
+	defaultCallbackWait = 20 * time.Second
 
 	eventAuthorizationRequested = "AuthorizationRequested"
 	eventAuthorizationCompleted = "AuthorizationCompleted"
@@ -349,7 +350,11 @@ func (r *ManagedTokenReconciler) recordDenial(ctx context.Context, mt *tokensv1a
 func (r *ManagedTokenReconciler) exchange(ctx context.Context, key types.NamespacedName, cb callbackGrant) callback.Result {
 	name := key.Namespace + "/" + key.Name
 	logger := log.FromContext(ctx).WithValues("managedToken", name)
-	waitUntil := time.Now().Add(callbackWait)
+	wait := r.CallbackWait
+	if wait <= 0 {
+		wait = defaultCallbackWait
+	}
+	waitUntil := time.Now().Add(wait)
 	for attempt := 0; attempt < callbackAttempts; {
 		in, err := r.loadWith(ctx, key, &cb)
 		if err != nil || in == nil {

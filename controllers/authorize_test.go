@@ -759,3 +759,50 @@ func TestAuthorizationRequestFailsClearly(t *testing.T) {
 		})
 	}
 }
+
+// TestCallbackWaitsForSpendInFlight: a callback that finds a live spend
+// intent (a refresh of the same token in flight) spends nothing while it is
+// live, and spends its code once it is over.
+func TestCallbackWaitsForSpendInFlight(t *testing.T) {
+	h := newHarness(t, amocrmfake.Options{})
+	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
+	h.createAmoMT("")
+	h.reconcile()
+	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, "")
+	h.r.ConsentURL = testConsentURL(h.amoURL, h.fbURL)
+	state, hash, _ := authz.NewState()
+	setAnnotation(t, h.get(), tokensv1alpha1.AuthorizeRequestAnnotation, hash)
+	h.reconcile()
+
+	// A refresh in flight: its intent is live for another minute.
+	sec := h.secret(stateSecretName(h.mt.Name))
+	st := h.state()
+	st.Intent = &spendIntent{Op: opRefresh, Spent: spentFingerprint(st.Token), Started: h.clk.Now(), Deadline: h.clk.Now().Add(time.Minute)}
+	if _, err := h.r.saveState(h.ctx, h.get(), sec.ResourceVersion, st); err != nil {
+		t.Fatal(err)
+	}
+	h.r.CallbackWait = time.Second
+	code := h.amo.IssueAuthorizationCode()
+	p := callback.Params{Provider: tokensv1alpha1.ProviderAmoCRM, State: state, Code: code, Referer: h.mt.Spec.AmoCRM.Domain}
+	start := time.Now()
+	res := h.r.HandleCallback(h.ctx, p)
+	if res.Outcome != callback.NotStored || !strings.Contains(res.Message, "in progress") || time.Since(start) < time.Second {
+		t.Fatalf("callback during a live intent: %+v after %v", res, time.Since(start))
+	}
+	if n := h.amo.Calls(amocrm.OpAuthorizationCode); n != 0 {
+		t.Fatalf("%d code exchanges while another spend was live", n)
+	}
+	if a := h.state().Authorization; a == nil || a.Used != nil {
+		t.Fatalf("the request was used up by a callback that spent nothing: %+v", a)
+	}
+
+	// The intent's deadline passes: the same callback now spends the code.
+	h.clk.Step(2 * time.Minute)
+	res = h.r.HandleCallback(h.ctx, p)
+	if res.Outcome != callback.Accepted {
+		t.Fatalf("callback after the intent ended: %+v", res)
+	}
+	if n := h.amo.Calls(amocrm.OpAuthorizationCode); n != 1 {
+		t.Fatalf("%d code exchanges, want 1", n)
+	}
+}

@@ -61,6 +61,10 @@ type ManagedTokenReconciler struct {
 	// authorization endpoint is enabled). Nil: authorization requests are
 	// answered as failed, naming --authorization-bind-address.
 	ConsentURL func(spec *tokensv1alpha1.ManagedTokenSpec, creds provider.Credentials) (string, error)
+	// CallbackWait bounds how long an authorization callback waits for a
+	// refresh of the same token in flight before it gives up (nothing
+	// spent). Default 20s.
+	CallbackWait time.Duration
 
 	memOnce sync.Once
 	mem     *memory
