@@ -59,6 +59,13 @@ const (
 	eventAuthorizationRefused   = "AuthorizationRefused"
 )
 
+// replayedMessage answers a callback whose request a callback already took.
+const replayedMessage = "this authorization request was already used: run kubectl tokenkeeper authorize again"
+
+// taken reports whether a callback already took the request (its code is
+// being, or was, exchanged, or consent was denied).
+func (a *authzRecord) taken() bool { return a.Used != nil || a.Phase != "" }
+
 // callbackGrant is a code an authorization callback brought.
 type callbackGrant struct {
 	code string
@@ -96,7 +103,12 @@ func authzLabelValue(a *authzRecord) string {
 	if a == nil || !authz.ValidHash(a.Hash) {
 		return ""
 	}
-	return a.Hash[len(authz.HashPrefix) : len(authz.HashPrefix)+40]
+	return authzLabelOf(a.Hash)
+}
+
+// authzLabelOf is the authzRequestLabel value of a well-formed hash.
+func authzLabelOf(hash string) string {
+	return hash[len(authz.HashPrefix) : len(authz.HashPrefix)+40]
 }
 
 // acceptAuthorization records a new authorization request in the state
@@ -198,7 +210,7 @@ func authorizationPhase(a *authzRecord, now time.Time) tokensv1alpha1.Authorizat
 
 // authorizationWake is when a pending request expires (zero when none).
 func authorizationWake(a *authzRecord, now time.Time) time.Duration {
-	if a == nil || a.Phase != "" || a.Used != nil || !now.Before(a.Expires) {
+	if a == nil || a.taken() || !now.Before(a.Expires) {
 		return 0
 	}
 	return a.Expires.Sub(now) + time.Second
@@ -242,8 +254,8 @@ func (r *ManagedTokenReconciler) HandleCallback(ctx context.Context, p callback.
 	}
 	now := r.Clock.Now()
 	switch {
-	case rec.Used != nil || rec.Phase != "":
-		return refuse(callback.Replayed, "this authorization request was already used: run kubectl tokenkeeper authorize again")
+	case rec.taken():
+		return refuse(callback.Replayed, replayedMessage)
 	case !now.Before(rec.Expires):
 		return refuse(callback.Expired, "this authorization request expired at "+rec.Expires.UTC().Format(time.RFC3339)+": run kubectl tokenkeeper authorize again")
 	}
@@ -271,7 +283,7 @@ func (r *ManagedTokenReconciler) findRequest(ctx context.Context, p callback.Par
 	if err := r.List(ctx, &list, client.MatchingLabels{
 		tokensv1alpha1.ManagedByLabel:  tokensv1alpha1.ManagedByValue,
 		tokensv1alpha1.SecretRoleLabel: roleState,
-		authzRequestLabel:              hash[len(authz.HashPrefix) : len(authz.HashPrefix)+40],
+		authzRequestLabel:              authzLabelOf(hash),
 	}); err != nil {
 		log.FromContext(ctx).Error(err, "listing state Secrets for an authorization callback")
 		return nil, nil, &callback.Result{Outcome: callback.NotStored, Message: "the operator cannot read its state right now; try again in a minute"}
@@ -327,8 +339,8 @@ func (r *ManagedTokenReconciler) recordDenial(ctx context.Context, mt *tokensv1a
 			break
 		}
 		a := in.record.state.Authorization
-		if a == nil || a.Hash != rec.Hash || a.Used != nil || a.Phase != "" {
-			return callback.Result{Outcome: callback.Replayed, ManagedToken: name, Message: "this authorization request was already used: run kubectl tokenkeeper authorize again"}
+		if a == nil || a.Hash != rec.Hash || a.taken() {
+			return callback.Result{Outcome: callback.Replayed, ManagedToken: name, Message: replayedMessage}
 		}
 		next := in.record.state.clone()
 		used := r.Clock.Now()
@@ -420,8 +432,8 @@ func checkFresh(in *inputs, cb callbackGrant, name string) *callback.Result {
 	if a == nil || a.Hash != cb.hash || a.UID != string(in.mt.UID) {
 		return &callback.Result{Outcome: callback.UnknownState, ManagedToken: name, Message: "a newer authorization request replaced this one: use the newest URL"}
 	}
-	if a.Used != nil || a.Phase != "" {
-		return &callback.Result{Outcome: callback.Replayed, ManagedToken: name, Message: "this authorization request was already used: run kubectl tokenkeeper authorize again"}
+	if a.taken() {
+		return &callback.Result{Outcome: callback.Replayed, ManagedToken: name, Message: replayedMessage}
 	}
 	return nil
 }
@@ -468,13 +480,18 @@ func (r *ManagedTokenReconciler) unsolicited(ctx context.Context, p callback.Par
 	if err := r.List(ctx, &list); err != nil {
 		return callback.Result{Outcome: callback.NotStored, Message: "the operator cannot read its ManagedTokens right now; try again in a minute"}
 	}
-	var match []*tokensv1alpha1.ManagedToken
+	type candidate struct {
+		mt   *tokensv1alpha1.ManagedToken
+		host string
+	}
+	var match []candidate
 	for i := range list.Items {
 		mt := &list.Items[i]
 		if mt.Spec.Provider != tokensv1alpha1.ProviderAmoCRM || mt.Spec.AmoCRM == nil || !mt.Spec.AmoCRM.AcceptUnsolicitedCodes || !waitingForAuthorization(mt) {
 			continue
 		}
-		if _, ok := r.allowedReferer(ctx, mt, p.Referer); !ok {
+		host, ok := r.allowedReferer(ctx, mt, p.Referer)
+		if !ok {
 			continue
 		}
 		creds := &corev1.Secret{}
@@ -482,7 +499,7 @@ func (r *ManagedTokenReconciler) unsolicited(ctx context.Context, p callback.Par
 			continue
 		}
 		if provider.Credentials(creds.Data).Get("client_id") == p.ClientID {
-			match = append(match, mt)
+			match = append(match, candidate{mt, host})
 		}
 	}
 	switch len(match) {
@@ -492,8 +509,7 @@ func (r *ManagedTokenReconciler) unsolicited(ctx context.Context, p callback.Par
 	default:
 		return refuse(fmt.Sprintf("%d ManagedTokens wait for a code from this account and integration; refusing to guess: start with kubectl tokenkeeper authorize NAME", len(match)))
 	}
-	host, _ := r.allowedReferer(ctx, match[0], p.Referer)
-	return r.exchange(ctx, client.ObjectKeyFromObject(match[0]), callbackGrant{code: p.Code, host: host})
+	return r.exchange(ctx, client.ObjectKeyFromObject(match[0].mt), callbackGrant{code: p.Code, host: match[0].host})
 }
 
 // waitingForAuthorization: a human must (re-)authorize this ManagedToken.

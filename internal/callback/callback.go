@@ -181,28 +181,19 @@ func Parse(p tokensv1alpha1.Provider, rawQuery string) (Params, *Result) {
 		return v[0], true
 	}
 	out := Params{Provider: p}
-	fields := []struct {
+	type field struct {
 		key string
 		max int
 		dst *string
-	}{
+	}
+	fields := []field{
 		{"state", authz.MaxStateLength, &out.State},
 		{"code", maxCode, &out.Code},
 		{"error", maxField, &out.Denied},
 		{"error_description", maxField, &out.Description},
 	}
 	if p == tokensv1alpha1.ProviderAmoCRM {
-		fields = append(fields,
-			struct {
-				key string
-				max int
-				dst *string
-			}{"referer", maxField, &out.Referer},
-			struct {
-				key string
-				max int
-				dst *string
-			}{"client_id", maxField, &out.ClientID})
+		fields = append(fields, field{"referer", maxField, &out.Referer}, field{"client_id", maxField, &out.ClientID})
 	}
 	for _, f := range fields {
 		v, ok := get(f.key, f.max)
