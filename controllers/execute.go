@@ -158,6 +158,7 @@ func (r *ManagedTokenReconciler) spend(ctx context.Context, in *inputs, p plan) 
 	// cancelled (SIGTERM, lease loss) without cutting the call or the write.
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.spendTimeout())
 	defer cancel()
+	defer r.memory().spending()()
 
 	req := provider.Request{Spec: &in.mt.Spec, Credentials: in.creds}
 	if in.callback != nil {
@@ -338,7 +339,7 @@ func (r *ManagedTokenReconciler) commit(ctx context.Context, in *inputs, intent 
 		if d, ok := ctx.Deadline(); !ok || ctx.Err() != nil || time.Now().Add(delay).After(d) {
 			o.storeErr = err
 			if o.obtained {
-				r.memory().setPending(in.key, memEntry{uid: in.mt.UID, state: next, attempts: 1})
+				r.memory().setPending(in.key, memEntry{uid: in.mt.UID, state: next, attempts: 1, mt: in.mt})
 				o.state, o.stored = next, false
 				logger.Error(err, "new token could not be stored; keeping it in memory and retrying")
 			} else {
@@ -374,28 +375,38 @@ func newerPair(stored, mine tokenState) bool {
 }
 
 // storePending writes a pair that was issued but not stored yet. No
-// provider call happens in such a run.
+// provider call happens in such a run. The reconciler and the keeper
+// (keeper.go) both call it; a per-ManagedToken lock serializes them, and a
+// pair that the other one stored meanwhile is found stored, not written
+// again.
 func (r *ManagedTokenReconciler) storePending(ctx context.Context, in *inputs) outcome {
+	mem := r.memory()
+	defer mem.lockStore(in.key)()
 	e := *in.pending
 	rv := in.record.rv
 	if sec, err := readStateSecret(ctx, r.APIReader, in.mt); err == nil {
 		if fresh, problem := parseStateSecret(sec, in.mt); problem == nil {
 			rv = fresh.rv
-			if newerPair(fresh.state, e.state) {
-				r.memory().stored(in.key, in.mt.UID, fresh.state)
-				return outcome{state: fresh.state, rv: fresh.rv, stored: true}
+			if newerPair(fresh.state, e.state) || samePair(fresh.state, e.state) {
+				mem.stored(in.key, e.uid, fresh.state)
+				return outcome{state: fresh.state, rv: fresh.rv, stored: true, obtained: samePair(fresh.state, e.state)}
 			}
 		}
 	}
 	newRV, err := r.saveState(ctx, in.mt, rv, e.state)
 	if err != nil {
 		e.attempts++
-		r.memory().setPending(in.key, e)
+		mem.setPending(in.key, e)
 		log.FromContext(ctx).Error(err, "new token still not stored; provider calls paused for this token", "attempt", e.attempts)
 		return outcome{state: e.state, stored: false, storeErr: err}
 	}
-	r.memory().stored(in.key, in.mt.UID, e.state)
+	mem.stored(in.key, e.uid, e.state)
 	return outcome{state: e.state, rv: newRV, stored: true, obtained: true}
+}
+
+// samePair reports whether both states hold the same token.
+func samePair(a, b tokenState) bool {
+	return a.Token != nil && b.Token != nil && spentFingerprint(a.Token) == spentFingerprint(b.Token)
 }
 
 // probe checks the token. It writes no token material: only metadata the

@@ -273,7 +273,9 @@ func (r *ManagedTokenReconciler) SetupWithManager(ctx context.Context, mgr ctrl.
 		return err
 	}
 	creds.bind(c, handler.TypedEnqueueRequestsFromMapFunc(r.forCredentials))
-	return nil
+	// On every replica: a pair obtained there must be stored even if it
+	// does not lead (see keeper.go).
+	return mgr.Add(&keeper{r: r})
 }
 
 // forOwnedSecret maps a Secret the operator wrote to its ManagedToken.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
@@ -153,6 +154,12 @@ type memory struct {
 	// resourceVersion the ManagedToken had before that write: while the
 	// cache still shows that version, the cache has not seen the write.
 	written map[types.NamespacedName]writtenStatus
+	// storing serializes storing a pending pair per ManagedToken: the
+	// reconciler and the keeper may both try.
+	storing map[types.NamespacedName]*sync.Mutex
+	// inFlight counts the spends in their critical section (provider call
+	// and store): a stopping keeper waits for them.
+	inFlight int
 }
 
 type writtenStatus struct {
@@ -165,6 +172,9 @@ type memEntry struct {
 	uid      types.UID
 	state    tokenState
 	attempts int32
+	// mt is the ManagedToken the pair was obtained for: the keeper stores
+	// a pending pair with it, without a reconcile (see keeper.go).
+	mt *tokensv1alpha1.ManagedToken
 }
 
 func newMemory() *memory {
@@ -173,7 +183,48 @@ func newMemory() *memory {
 		last:     map[types.NamespacedName]memEntry{},
 		restarts: map[types.NamespacedName]bool{},
 		written:  map[types.NamespacedName]writtenStatus{},
+		storing:  map[types.NamespacedName]*sync.Mutex{},
 	}
+}
+
+// lockStore takes the per-ManagedToken lock for storing a pending pair and
+// returns its unlock.
+func (m *memory) lockStore(key types.NamespacedName) func() {
+	m.mu.Lock()
+	l := m.storing[key]
+	if l == nil {
+		l = &sync.Mutex{}
+		m.storing[key] = l
+	}
+	m.mu.Unlock()
+	l.Lock()
+	return l.Unlock
+}
+
+// spending marks a spend in its critical section and returns its end.
+func (m *memory) spending() func() {
+	m.mu.Lock()
+	m.inFlight++
+	m.mu.Unlock()
+	return func() {
+		m.mu.Lock()
+		m.inFlight--
+		m.mu.Unlock()
+	}
+}
+
+// settled reports whether no spend is in flight and no pair is pending.
+func (m *memory) settled() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.inFlight == 0 && len(m.pending) == 0
+}
+
+// pendingEntries returns the pairs not stored yet.
+func (m *memory) pendingEntries() map[types.NamespacedName]memEntry {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return maps.Clone(m.pending)
 }
 
 // wroteStatus records a status write made on top of resourceVersion before.

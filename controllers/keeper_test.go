@@ -1,0 +1,158 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
+	"github.com/tokenkeeper/tokenkeeper/internal/authz"
+	"github.com/tokenkeeper/tokenkeeper/internal/callback"
+	"github.com/tokenkeeper/tokenkeeper/internal/provider/amocrm"
+	"github.com/tokenkeeper/tokenkeeper/internal/provider/amocrm/amocrmfake"
+)
+
+// TestKeeperStoresCallbackPairWithoutReconcile: a replica that does not
+// lead runs no reconcile. An authorization callback there obtains a pair,
+// and the state write fails until the spend's deadline: the pair is only in
+// memory. The keeper stores it with no reconcile: while it runs, when the
+// manager stops, and racing a reconcile (the leader's case) with one state
+// write, not two.
+func TestKeeperStoresCallbackPairWithoutReconcile(t *testing.T) {
+	for _, when := range []string{"while running", "when stopping", "racing a reconcile"} {
+		t.Run(when, func(t *testing.T) {
+			h := newHarness(t, amocrmfake.Options{})
+			h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
+			h.createAmoMT("")
+			h.reconcile()
+			h.r.ConsentURL = testConsentURL(h.amoURL, h.fbURL)
+			state, hash, _ := authz.NewState()
+			setAnnotation(t, h.get(), tokensv1alpha1.AuthorizeRequestAnnotation, hash)
+			h.reconcile()
+			if a := h.get().Status.Authorization; a == nil || a.Phase != tokensv1alpha1.AuthorizationPending {
+				t.Fatalf("status.authorization = %+v, want Pending", a)
+			}
+
+			// The intent is written; every later state write fails until
+			// the spend's deadline has passed.
+			h.r.SpendTimeout = 300 * time.Millisecond
+			h.client.skipStateWrites.Store(1)
+			h.client.failStateWrites.Store(1000)
+			code := h.amo.IssueAuthorizationCode()
+			res := h.r.HandleCallback(h.ctx, callback.Params{Provider: tokensv1alpha1.ProviderAmoCRM, State: state, Code: code, Referer: h.mt.Spec.AmoCRM.Domain})
+			if res.Outcome != callback.NotStored || !strings.Contains(res.Message, "keeps retrying to store it") {
+				t.Fatalf("callback with failing state writes: %+v", res)
+			}
+			if h.state().Token.RefreshToken == h.amo.CurrentRefreshToken() {
+				t.Fatal("the store was supposed to fail")
+			}
+			if n := len(h.r.memory().pendingEntries()); n != 1 {
+				t.Fatalf("%d pairs in memory, want 1", n)
+			}
+			h.client.failStateWrites.Store(0)
+			var stateWrites atomic.Int32
+			h.client.afterWrite = func(role string) {
+				if role == roleState {
+					stateWrites.Add(1)
+				}
+			}
+
+			ctx, cancel := context.WithCancel(h.ctx)
+			defer cancel()
+			k := &keeper{r: h.r, interval: 20 * time.Millisecond}
+			if when == "when stopping" {
+				k.interval = time.Hour
+			}
+			if when == "racing a reconcile" {
+				k.interval = time.Millisecond
+			}
+			done := make(chan error, 1)
+			go func() { done <- k.Start(ctx) }()
+			switch when {
+			case "while running":
+				deadline := time.Now().Add(10 * time.Second)
+				for h.state().Token.RefreshToken != h.amo.CurrentRefreshToken() {
+					if time.Now().After(deadline) {
+						t.Fatal("the keeper did not store the pair within 10s")
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+			case "racing a reconcile":
+				for i := 0; i < 3; i++ {
+					h.reconcile()
+				}
+			}
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatalf("keeper: %v", err)
+			}
+
+			st := h.state()
+			if st.Token == nil || st.Token.RefreshToken != h.amo.CurrentRefreshToken() || !h.amo.RefreshTokenLive(st.Token.RefreshToken) {
+				t.Fatal("the state Secret does not hold the pair the provider issued for the code")
+			}
+			if n := len(h.r.memory().pendingEntries()); n != 0 {
+				t.Fatalf("%d pairs still in memory", n)
+			}
+			if n := h.amo.Calls(amocrm.OpAuthorizationCode); n != 1 {
+				t.Fatalf("%d code exchanges, want 1", n)
+			}
+			if n := stateWrites.Load(); n != 1 {
+				t.Fatalf("%d state writes to store one pair, want 1", n)
+			}
+			fmt.Printf("measured: keeper %s: pair stored with %d state write, %d code exchange\n", when, stateWrites.Load(), h.amo.Calls(amocrm.OpAuthorizationCode))
+		})
+	}
+}
+
+// TestKeeperWaitsForSpendInFlightAtStop: the manager stops while a refresh
+// is at the provider. The refresh goes on (shutdown does not cut it), its
+// state write fails until the spend's deadline, and the pair is left in
+// memory after the keeper was told to stop: the stopping keeper waits for
+// the spend and stores the pair.
+func TestKeeperWaitsForSpendInFlightAtStop(t *testing.T) {
+	h := newHarness(t, amocrmfake.Options{})
+	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
+	h.createAmoMT("")
+	h.reconcile()
+	oldRT := h.state().Token.RefreshToken
+
+	ctx, cancel := context.WithCancel(h.ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- (&keeper{r: h.r, interval: time.Hour}).Start(ctx) }()
+
+	h.r.SpendTimeout = 300 * time.Millisecond
+	h.client.skipStateWrites.Store(1) // the intent
+	h.client.failStateWrites.Store(1000)
+	h.wrapAmo(func(p *hookProvider) { p.after = cancel }) // stop while the answer is in hand
+	h.advancePastNextRefresh()
+	h.reconcile()
+	if h.state().Token.RefreshToken != oldRT {
+		t.Fatal("the store was supposed to fail")
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("the keeper stopped (%v) with a pair not stored", err)
+	default:
+	}
+	h.client.failStateWrites.Store(0)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the stopping keeper did not return")
+	}
+	st := h.state()
+	if st.Token.RefreshToken != h.amo.CurrentRefreshToken() || !h.amo.RefreshTokenLive(st.Token.RefreshToken) {
+		t.Fatal("the pair of the refresh in flight at stop was not stored")
+	}
+	if n := h.amo.ReusedRefreshTokens(); n != 0 {
+		t.Fatalf("%d reused refresh tokens", n)
+	}
+}
