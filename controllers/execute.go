@@ -339,7 +339,7 @@ func (r *ManagedTokenReconciler) commit(ctx context.Context, in *inputs, intent 
 		if d, ok := ctx.Deadline(); !ok || ctx.Err() != nil || time.Now().Add(delay).After(d) {
 			o.storeErr = err
 			if o.obtained {
-				r.memory().setPending(in.key, memEntry{uid: in.mt.UID, state: next, attempts: 1, mt: in.mt})
+				r.memory().setPending(in.key, memEntry{uid: in.mt.UID, state: next, attempts: 1, mt: in.mt, since: time.Now()})
 				o.state, o.stored = next, false
 				logger.Error(err, "new token could not be stored; keeping it in memory and retrying")
 			} else {

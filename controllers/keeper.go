@@ -19,6 +19,11 @@ const (
 	keeperFlushMargin = 15 * time.Second
 	// keeperFlushRetry is how often a stopping keeper tries.
 	keeperFlushRetry = 200 * time.Millisecond
+	// defaultKeeperMinAge: a running keeper leaves a pair alone for its
+	// first second, while the run that left it pending writes its status
+	// (StateNotStored). Storing it sooner could let the leader's Ready land
+	// before that write, which would then stand until the next wake.
+	defaultKeeperMinAge = time.Second
 )
 
 // keeper stores the pairs this process obtained but could not store (the
@@ -35,6 +40,8 @@ const (
 type keeper struct {
 	r        *ManagedTokenReconciler
 	interval time.Duration
+	// minAge overrides defaultKeeperMinAge (tests; negative: none).
+	minAge time.Duration
 }
 
 var _ manager.LeaderElectionRunnable = (*keeper)(nil)
@@ -58,7 +65,11 @@ func (k *keeper) Start(ctx context.Context) error {
 			k.flush(ctx)
 			return nil
 		case <-t.C:
-			k.r.storeKept(ctx)
+			minAge := k.minAge
+			if minAge == 0 {
+				minAge = defaultKeeperMinAge
+			}
+			k.r.storeKept(ctx, minAge)
 		}
 	}
 }
@@ -73,7 +84,7 @@ func (k *keeper) flush(ctx context.Context) {
 	defer cancel()
 	mem := k.r.memory()
 	for !mem.settled() {
-		k.r.storeKept(fctx)
+		k.r.storeKept(fctx, 0)
 		if mem.settled() {
 			return
 		}
@@ -88,11 +99,11 @@ func (k *keeper) flush(ctx context.Context) {
 	}
 }
 
-// storeKept tries once to store every pair that is only in memory, and
-// returns how many are still not stored.
-func (r *ManagedTokenReconciler) storeKept(ctx context.Context) (left int) {
+// storeKept tries once to store every pair that has been only in memory for
+// at least minAge, and returns how many are still not stored.
+func (r *ManagedTokenReconciler) storeKept(ctx context.Context, minAge time.Duration) (left int) {
 	for key, e := range r.memory().pendingEntries() {
-		if e.mt == nil {
+		if e.mt == nil || time.Since(e.since) < minAge {
 			left++
 			continue
 		}

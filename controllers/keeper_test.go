@@ -67,7 +67,7 @@ func TestKeeperStoresCallbackPairWithoutReconcile(t *testing.T) {
 				k.interval = time.Hour
 			}
 			if when == "racing a reconcile" {
-				k.interval = time.Millisecond
+				k.interval, k.minAge = time.Millisecond, -1
 			}
 			done := make(chan error, 1)
 			go func() { done <- k.Start(ctx) }()

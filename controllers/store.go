@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -173,8 +174,10 @@ type memEntry struct {
 	state    tokenState
 	attempts int32
 	// mt is the ManagedToken the pair was obtained for: the keeper stores
-	// a pending pair with it, without a reconcile (see keeper.go).
-	mt *tokensv1alpha1.ManagedToken
+	// a pending pair with it, without a reconcile (see keeper.go); since is
+	// when the pair was left pending.
+	mt    *tokensv1alpha1.ManagedToken
+	since time.Time
 }
 
 func newMemory() *memory {
