@@ -4,6 +4,10 @@
 FROM golang:1.26 AS builder
 ARG TARGETOS
 ARG TARGETARCH
+# Stamped like make build (make docker-build passes them); kubectl tokenkeeper
+# version and tokenkeeper_build_info report them.
+ARG VERSION=dev
+ARG REVISION=unknown
 WORKDIR /workspace
 COPY go.mod go.sum ./
 RUN go mod download
@@ -11,7 +15,9 @@ COPY api/ api/
 COPY cmd/ cmd/
 COPY controllers/ controllers/
 COPY internal/ internal/
-RUN CGO_ENABLED=0 GOOS=${TARGETOS:-linux} GOARCH=${TARGETARCH} go build -trimpath -ldflags="-s -w" -o manager ./cmd
+RUN CGO_ENABLED=0 GOOS=${TARGETOS:-linux} GOARCH=${TARGETARCH} go build -trimpath -buildvcs=false \
+    -ldflags="-s -w -X github.com/tokenkeeper/tokenkeeper/internal/version.version=${VERSION} -X github.com/tokenkeeper/tokenkeeper/internal/version.revision=${REVISION}" \
+    -o manager ./cmd
 
 # A static, non-root base: the Deployment runs with a read-only root
 # filesystem and drops every capability.

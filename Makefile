@@ -98,7 +98,7 @@ release: ## VERSION=x.y.z: the image, dist/install.yaml, dist/tokenkeeper-x.y.z.
 
 .PHONY: docker-build
 docker-build: ## Build the manager image $(IMG) with a container engine (make image needs none).
-	docker build -t $(IMG) .
+	docker build --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) -t $(IMG) .
 
 .PHONY: run
 run: manifests generate fmt vet ## Run the manager against the cluster in your kubeconfig.
