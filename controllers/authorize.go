@@ -466,15 +466,17 @@ func callbackResult(in *inputs, out outcome, name string) callback.Result {
 }
 
 // unsolicited handles an AmoCRM code without our state: an administrator
-// installed the integration from inside the account. It is taken only by a
-// ManagedToken that opted in (spec.amocrm.acceptUnsolicitedCodes) and waits
-// for authorization (not Ready, or ReauthorizationRequired), and only when
-// exactly one such ManagedToken has the callback's client_id and its
-// account host.
+// installed the integration from inside the account. Kommo documents that
+// webhook with code, referer and from_widget only (no client_id). The code
+// is taken only by a ManagedToken that opted in
+// (spec.amocrm.acceptUnsolicitedCodes) and waits for authorization (not
+// Ready, or ReauthorizationRequired), and only when exactly one such
+// ManagedToken has the callback's account host and, if the callback names
+// one, its client_id.
 func (r *ManagedTokenReconciler) unsolicited(ctx context.Context, p callback.Params) callback.Result {
 	refuse := func(msg string) callback.Result { return callback.Result{Outcome: callback.Unsolicited, Message: msg} }
-	if p.ClientID == "" || p.Referer == "" {
-		return refuse("the callback carries no state, and no client_id and referer to match it with: start the authorization with kubectl tokenkeeper authorize NAME")
+	if p.Referer == "" {
+		return refuse("the callback carries no state, and no referer to match it with: start the authorization with kubectl tokenkeeper authorize NAME")
 	}
 	var list tokensv1alpha1.ManagedTokenList
 	if err := r.List(ctx, &list); err != nil {
@@ -494,20 +496,21 @@ func (r *ManagedTokenReconciler) unsolicited(ctx context.Context, p callback.Par
 		if !ok {
 			continue
 		}
-		creds := &corev1.Secret{}
-		if err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: mt.Namespace, Name: mt.Spec.CredentialsSecretRef.Name}, creds); err != nil {
-			continue
+		if p.ClientID != "" {
+			creds := &corev1.Secret{}
+			if err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: mt.Namespace, Name: mt.Spec.CredentialsSecretRef.Name}, creds); err != nil ||
+				provider.Credentials(creds.Data).Get("client_id") != p.ClientID {
+				continue
+			}
 		}
-		if provider.Credentials(creds.Data).Get("client_id") == p.ClientID {
-			match = append(match, candidate{mt, host})
-		}
+		match = append(match, candidate{mt, host})
 	}
 	switch len(match) {
 	case 0:
-		return refuse("no ManagedToken waits for an unsolicited code from this account and integration: opt in with spec.amocrm.acceptUnsolicitedCodes, or start with kubectl tokenkeeper authorize NAME")
+		return refuse("no ManagedToken waits for an unsolicited code from this account (and integration): opt in with spec.amocrm.acceptUnsolicitedCodes, or start with kubectl tokenkeeper authorize NAME")
 	case 1:
 	default:
-		return refuse(fmt.Sprintf("%d ManagedTokens wait for a code from this account and integration; refusing to guess: start with kubectl tokenkeeper authorize NAME", len(match)))
+		return refuse(fmt.Sprintf("%d ManagedTokens wait for an unsolicited code from this account; refusing to guess: start with kubectl tokenkeeper authorize NAME", len(match)))
 	}
 	return r.exchange(ctx, client.ObjectKeyFromObject(match[0].mt), callbackGrant{code: p.Code, host: match[0].host})
 }

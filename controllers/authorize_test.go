@@ -558,8 +558,9 @@ func TestAuthorizeProviderErrorAndDenial(t *testing.T) {
 	})
 }
 
-// TestAuthorizeUnsolicitedAmoCRM: a code without our state is taken only by
-// an opted-in ManagedToken that waits for authorization, and only when it is
+// TestAuthorizeUnsolicitedAmoCRM: a code without our state (the fake sends
+// Kommo's documented webhook: code, referer, from_widget) is taken only by an
+// opted-in ManagedToken that waits for authorization, and only when it is
 // the one match.
 func TestAuthorizeUnsolicitedAmoCRM(t *testing.T) {
 	e := newAuthzEnv(t)
@@ -583,6 +584,13 @@ func TestAuthorizeUnsolicitedAmoCRM(t *testing.T) {
 	p = fetch(t, e.amo.UnsolicitedCallbackURL())
 	if p.status != http.StatusBadRequest || !strings.Contains(p.body, "refusing to guess") || e.amo.Calls(amocrm.OpAuthorizationCode) != 0 {
 		t.Fatalf("ambiguous unsolicited code: %d\n%s", p.status, p.body)
+	}
+
+	// A callback that names a client_id (Kommo's documented webhook names
+	// none) is matched on it too: another integration's code is refused.
+	p = fetch(t, e.amo.UnsolicitedCallbackURL()+"&client_id=another-integration")
+	if p.status != http.StatusBadRequest || !strings.Contains(p.body, "no ManagedToken waits") || e.amo.Calls(amocrm.OpAuthorizationCode) != 0 {
+		t.Fatalf("unsolicited code of another integration: %d\n%s", p.status, p.body)
 	}
 
 	// One opted-in match: accepted.

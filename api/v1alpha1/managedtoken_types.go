@@ -229,8 +229,9 @@ type AmoCRMSpec struct {
 	// that Kommo sends without a state of ours (an administrator installed
 	// or re-installed the integration from inside the account). Such a code
 	// is accepted only while this ManagedToken waits for authorization (no
-	// usable token, or ReauthorizationRequired), and only when its
-	// client_id and referer match exactly one such ManagedToken. Off by
+	// usable token, or ReauthorizationRequired), and only when its referer
+	// (and client_id, if the callback carries one) match exactly one such
+	// ManagedToken. Off by
 	// default: anyone who can make Kommo send a code for this integration
 	// to the redirect URI, for an account with this domain, can then set
 	// the token (see the README, "Authorization").

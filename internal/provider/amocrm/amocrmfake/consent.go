@@ -62,16 +62,16 @@ func (s *Server) SetConsent(deny bool) {
 
 // UnsolicitedCallbackURL mints an authorization code and returns the
 // callback Kommo's server sends when an administrator installs the
-// integration from inside the account: the redirect URI with code, referer
-// (the account's current host), platform, client_id and from_widget=1, and
-// no state. The code is counted in Secrets.
+// integration from inside the account: the redirect URI with exactly the
+// documented code, referer (the account's current host) and from_widget=1;
+// no state and no client_id [P: developers.kommo.com/docs/authorization-public].
+// The code is counted in Secrets.
 func (s *Server) UnsolicitedCallbackURL() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	code := s.issueCodeLocked()
 	return provider.AppendQuery(s.opts.RedirectURI, [][2]string{
-		{"code", code}, {"referer", s.domain}, {"platform", platformOf(s.domain)},
-		{"client_id", s.opts.ClientID}, {"from_widget", "1"},
+		{"code", code}, {"referer", s.domain}, {"from_widget", "1"},
 	})
 }
 

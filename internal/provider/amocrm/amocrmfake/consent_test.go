@@ -157,8 +157,17 @@ func TestUnsolicitedCallbackURL(t *testing.T) {
 	if _, has := q["state"]; has {
 		t.Error("an unsolicited callback has no state")
 	}
-	if q.Get("referer") != DefaultDomain || q.Get("platform") != "1" || q.Get("client_id") != clientID || q.Get("from_widget") != "1" {
-		t.Errorf("callback query: %v, referer %q platform %q", names(q), q.Get("referer"), q.Get("platform"))
+	// Exactly the documented parameters (code, referer, from_widget) after
+	// the redirect URI's own.
+	own := mustQuery(t, strings.SplitN(redirectURI, "?", 2)[1])
+	for k := range own {
+		q.Del(k)
+	}
+	if got := names(q); strings.Join(got, ",") != "code,from_widget,referer" {
+		t.Errorf("callback parameters %v, want code, from_widget, referer", got)
+	}
+	if q.Get("referer") != DefaultDomain || q.Get("from_widget") != "1" {
+		t.Errorf("callback query: referer %q from_widget %q", q.Get("referer"), q.Get("from_widget"))
 	}
 	code := q.Get("code")
 	if !contains(e.fake.Secrets(), code) {
