@@ -383,6 +383,12 @@ func (r *ManagedTokenReconciler) storePending(ctx context.Context, in *inputs) o
 	mem := r.memory()
 	defer mem.lockStore(in.key)()
 	e := *in.pending
+	if cur, ok := mem.pendingPair(in.key, e.uid); !ok || !samePair(cur.state, e.state) {
+		// Stored by the other one while this one waited for the lock.
+		if last, ok := mem.lastStored(in.key, e.uid); ok && samePair(last, e.state) {
+			return outcome{state: last, stored: true, obtained: true}
+		}
+	}
 	rv := in.record.rv
 	if sec, err := readStateSecret(ctx, r.APIReader, in.mt); err == nil {
 		if fresh, problem := parseStateSecret(sec, in.mt); problem == nil {
