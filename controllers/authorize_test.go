@@ -336,7 +336,7 @@ func TestAuthorizeAmoCRM(t *testing.T) {
 		mt := e.get("crm")
 		c := meta.FindStatusCondition(mt.Status.Conditions, tokensv1alpha1.ConditionReauthorizationRequired)
 		return c != nil && c.Status == metav1.ConditionTrue && c.Reason == ReasonAuthorizationRequired &&
-			strings.Contains(c.Message, "kubectl tokenkeeper authorize crm -n "+e.ns)
+			strings.Contains(c.Message, "kubectl tokenkeeper authorize crm -n "+e.ns) && strings.Contains(c.Message, "authorization_code or refresh_token")
 	})
 
 	consentURL, state := e.authorize("crm")
@@ -684,6 +684,10 @@ func TestAuthorizeFacebook(t *testing.T) {
 		c := meta.FindStatusCondition(e.get("ads").Status.Conditions, tokensv1alpha1.ConditionReauthorizationRequired)
 		return c != nil && c.Reason == ReasonAuthorizationRequired
 	})
+	// The message names Facebook's grant keys, not AmoCRM's refresh_token.
+	if c := meta.FindStatusCondition(e.get("ads").Status.Conditions, tokensv1alpha1.ConditionReauthorizationRequired); !strings.Contains(c.Message, "authorization_code or access_token") || strings.Contains(c.Message, "refresh_token") {
+		t.Fatalf("AuthorizationRequired message for a Facebook token: %s", c.Message)
+	}
 	consentURL, state := e.authorize("ads")
 	u, err := url.Parse(consentURL)
 	if err != nil {

@@ -245,7 +245,7 @@ func settleSpend(in *inputs, withIntent tokenState, tok *provider.Token, err err
 		pe = &provider.Error{Kind: provider.KindReauthorize, Reason: ReasonRefreshOutcomeUnknown, Op: pe.Op, HTTPStatus: pe.HTTPStatus, Code: pe.Code,
 			Message: "a " + intent.Op + " sent at " + intent.Unanswered.UTC().Format(time.RFC3339) +
 				" got no answer (timeout, lost connection or a stopped manager), and the provider now refuses the value it sent (" + pe.Message +
-				"): the new pair was most likely issued and never received. Re-authorize: run `kubectl tokenkeeper authorize " + in.mt.Name + " -n " + in.mt.Namespace + "`, or put a new authorization_code or refresh_token into the credentials Secret"}
+				"): the new pair was most likely issued and never received. Re-authorize: run `kubectl tokenkeeper authorize " + in.mt.Name + " -n " + in.mt.Namespace + "`, or put a new " + grantKeys(in.mt.Spec.Provider) + " into the credentials Secret"}
 	}
 	if intent.Op == opBootstrap && pe.Kind != provider.KindTransient && pe.Kind != provider.KindThrottled {
 		if withIntent.usable(in.now) {

@@ -265,7 +265,7 @@ func (r *ManagedTokenReconciler) readCredentials(ctx context.Context, in *inputs
 		if err := in.prov.ValidateCredentials(in.creds, in.current().Token); err != nil {
 			pe := provider.AsError(err)
 			if pe.Reason == ReasonAuthorizationRequired {
-				in.block(ReasonAuthorizationRequired, "no token yet: run `kubectl tokenkeeper authorize %s -n %s`, or put an authorization_code or refresh_token into the credentials Secret %q", mt.Name, mt.Namespace, ref)
+				in.block(ReasonAuthorizationRequired, "no token yet: run `kubectl tokenkeeper authorize %s -n %s`, or put an %s into the credentials Secret %q", mt.Name, mt.Namespace, grantKeys(mt.Spec.Provider), ref)
 			} else {
 				in.block(ReasonCredentialsKeyMissing, "credentials Secret %q: %s", ref, pe.Message)
 			}

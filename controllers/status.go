@@ -185,7 +185,7 @@ func setConditions(mt *tokensv1alpha1.ManagedToken, in *inputs, out outcome, pub
 		reauthFromToken()
 	case t == nil:
 		ready(metav1.ConditionFalse, ReasonNoToken, "no token yet: the credentials Secret holds no grant that has not been tried already; run "+authorizeCommand(mt)+", or put a new grant into the credentials Secret")
-		reauth(metav1.ConditionTrue, ReasonNoToken, "run "+authorizeCommand(mt)+", or put a new authorization_code, refresh_token or access_token into the credentials Secret")
+		reauth(metav1.ConditionTrue, ReasonNoToken, "run "+authorizeCommand(mt)+", or put a new "+grantKeys(mt.Spec.Provider)+" into the credentials Secret")
 	default:
 		s, reason, msg := readiness(t, in.now, sched)
 		if g := state.GrantRejection; g != nil {
@@ -235,6 +235,15 @@ func reauthorization(t *provider.Token, now time.Time, refreshBefore time.Durati
 // authorizeCommand is the command that answers ReauthorizationRequired.
 func authorizeCommand(mt *tokensv1alpha1.ManagedToken) string {
 	return "`kubectl tokenkeeper authorize " + mt.Name + " -n " + mt.Namespace + "`"
+}
+
+// grantKeys names the credentials keys that give mt's provider a new token:
+// Facebook takes no refresh_token.
+func grantKeys(p tokensv1alpha1.Provider) string {
+	if p == tokensv1alpha1.ProviderFacebook {
+		return "authorization_code or access_token"
+	}
+	return "authorization_code or refresh_token"
 }
 
 func untilText(t *provider.Token) string {

@@ -70,8 +70,10 @@ until it has been used or has expired.
 
 The operator must run with --authorization-bind-address, and the redirect URI
 (spec.facebook.redirectURI or spec.amocrm.redirectURI) must point to its
-callback path. The command needs get and patch on managedtokens (the
-managedtoken-editor-role, part of the built-in edit and admin roles).
+callback path. The command needs get and patch on managedtokens: the
+built-in edit and admin roles include them (the install aggregates its
+editor ClusterRole into them; with Helm, unless rbac.aggregateToDefaultRoles
+is false).
 
 Exit status:
   0    authorized: the ManagedToken is Ready (with --no-wait: the URL was printed)

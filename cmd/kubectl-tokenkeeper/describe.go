@@ -261,7 +261,7 @@ func writeDescription(w io.Writer, in describeInput, now time.Time) error {
 	}
 	p(1, "Credentials Secret:\t%s", sp.CredentialsSecretRef.Name)
 	p(1, "Output Secret:\t%s", sp.SecretName)
-	p(1, "Refresh Before:\t%s", durationText(sp.RefreshBefore, defaultRefreshBefore(sp.Provider)))
+	p(1, "Refresh Before:\t%s", refreshBeforeText(mt))
 	p(1, "Check Interval:\t%s", durationText(sp.CheckInterval, tokensv1alpha1.DefaultCheckInterval))
 	if len(sp.RolloutRestartTargets) > 0 {
 		var ts []string
@@ -389,6 +389,23 @@ func defaultRefreshBefore(p tokensv1alpha1.Provider) string {
 		return tokensv1alpha1.DefaultRefreshBeforeAmoCRM
 	}
 	return tokensv1alpha1.DefaultRefreshBeforeFacebook
+}
+
+// refreshBeforeText is spec.refreshBefore, or the default the controller
+// applies. That default depends on the token: its provider's for a token the
+// operator renews (status shows a next refresh), DefaultRefreshBeforeMonitored
+// for one only a human can renew (a token is known, with no next refresh).
+func refreshBeforeText(mt *tokensv1alpha1.ManagedToken) string {
+	def := defaultRefreshBefore(mt.Spec.Provider)
+	switch {
+	case mt.Spec.RefreshBefore != nil:
+		return mt.Spec.RefreshBefore.Duration.String()
+	case mt.Status.NextRefreshTime != nil:
+		return def + " (default)"
+	case mt.Status.TokenType != "":
+		return tokensv1alpha1.DefaultRefreshBeforeMonitored + " (default for a token only a human can renew)"
+	}
+	return def + " (default; " + tokensv1alpha1.DefaultRefreshBeforeMonitored + " if only a human can renew the token)"
 }
 
 // durationText is the spec value, or the default the controller applies.

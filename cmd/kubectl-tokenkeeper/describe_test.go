@@ -311,3 +311,28 @@ func TestDescribeCoreEventsFallback(t *testing.T) {
 		t.Errorf("viewer listing events.k8s.io/v1 Events: err = %v, want Forbidden (else the fallback is untested)", err)
 	}
 }
+
+// TestRefreshBeforeText: describe shows the refreshBefore the controller
+// applies, which for a token only a human can renew is not the provider's.
+func TestRefreshBeforeText(t *testing.T) {
+	next := metav1.Now()
+	for _, tc := range []struct {
+		name     string
+		provider tokensv1alpha1.Provider
+		spec     *metav1.Duration
+		status   tokensv1alpha1.ManagedTokenStatus
+		want     string
+	}{
+		{"set in spec", tokensv1alpha1.ProviderAmoCRM, &metav1.Duration{Duration: 3 * time.Hour}, tokensv1alpha1.ManagedTokenStatus{}, "3h0m0s"},
+		{"renewed AmoCRM token", tokensv1alpha1.ProviderAmoCRM, nil, tokensv1alpha1.ManagedTokenStatus{TokenType: "AmoCRMOAuth", NextRefreshTime: &next}, "2h (default)"},
+		{"renewed Facebook token", tokensv1alpha1.ProviderFacebook, nil, tokensv1alpha1.ManagedTokenStatus{TokenType: "SystemUser", NextRefreshTime: &next}, "168h (default)"},
+		{"Facebook user token", tokensv1alpha1.ProviderFacebook, nil, tokensv1alpha1.ManagedTokenStatus{TokenType: "User"}, "336h (default for a token only a human can renew)"},
+		{"AmoCRM long-lived token", tokensv1alpha1.ProviderAmoCRM, nil, tokensv1alpha1.ManagedTokenStatus{TokenType: "AmoCRMLongLived"}, "336h (default for a token only a human can renew)"},
+		{"no token yet", tokensv1alpha1.ProviderAmoCRM, nil, tokensv1alpha1.ManagedTokenStatus{}, "2h (default; 336h if only a human can renew the token)"},
+	} {
+		mt := &tokensv1alpha1.ManagedToken{Spec: tokensv1alpha1.ManagedTokenSpec{Provider: tc.provider, RefreshBefore: tc.spec}, Status: tc.status}
+		if got := refreshBeforeText(mt); got != tc.want {
+			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}

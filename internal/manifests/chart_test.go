@@ -221,7 +221,7 @@ func TestChartValues(t *testing.T) {
 		"kubeAPI.qps=80", "kubeAPI.burst=160", "maxConcurrentReconciles=8",
 		"providers.facebookURL=https://fb-proxy.example.com",
 		"providers.amocrmURL=https://amo-proxy.example.com",
-		"providers.timeout=10s",
+		"providers.timeout=70s", "shutdown.gracefulShutdownTimeout=100s", "shutdown.terminationGracePeriodSeconds=120",
 		"metrics.port=9090",
 		"image.repository=registry.example.com/tokenkeeper", "image.tag=v1.2.3",
 	}, ","), "--set-string", "extraArgs[0]=--zap-log-level=debug")
@@ -230,10 +230,13 @@ func TestChartValues(t *testing.T) {
 		"--health-probe-bind-address=:8081", "--metrics-bind-address=:9090",
 		"--kube-api-qps=80", "--kube-api-burst=160", "--max-concurrent-reconciles=8",
 		"--facebook-url=https://fb-proxy.example.com", "--amocrm-url=https://amo-proxy.example.com",
-		"--provider-timeout=10s", "--zap-log-level=debug",
+		"--provider-timeout=70s", "--graceful-shutdown-timeout=100s", "--zap-log-level=debug",
 	}
 	if !slices.Equal(c.Args, want) {
 		t.Errorf("args %q, want %q", c.Args, want)
+	}
+	if g := deploymentOf(t, chart).Spec.Template.Spec.TerminationGracePeriodSeconds; g == nil || *g != 120 {
+		t.Errorf("terminationGracePeriodSeconds %v, want 120", g)
 	}
 	if c.Image != "registry.example.com/tokenkeeper:v1.2.3" {
 		t.Errorf("image %q", c.Image)
