@@ -32,7 +32,8 @@ const (
 // leader: a pair obtained by an authorization callback on another replica
 // stayed in that replica's memory and died with it. The keeper runs on
 // every replica, leader or not, tries every few seconds, and once more when
-// the manager stops (TestKeeperStoresCallbackPairWithoutReconcile).
+// the manager stops (TestKeeperStoresCallbackPairWithoutReconcile; with two
+// managers, TestKeeperOnReplicaThatDoesNotLead).
 //
 // The reconciler still stores a pending pair first thing in its run; both
 // go through storePending, which serializes them per ManagedToken and never

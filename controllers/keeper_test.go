@@ -3,10 +3,17 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 
 	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
 	"github.com/tokenkeeper/tokenkeeper/internal/authz"
@@ -155,4 +162,88 @@ func TestKeeperWaitsForSpendInFlightAtStop(t *testing.T) {
 	if n := h.amo.ReusedRefreshTokens(); n != 0 {
 		t.Fatalf("%d reused refresh tokens", n)
 	}
+}
+
+// TestKeeperOnReplicaThatDoesNotLead: two replicas behind one callback
+// Service. The leader reconciles; the other holds no lease and runs no
+// reconcile, but its endpoint takes the callback. Its state writes fail
+// until the spend's deadline, so the pair is only in its memory. Once
+// writes work, its keeper (wired by SetupWithManager) stores the pair, and
+// the leader publishes it: Ready, with one code exchange.
+func TestKeeperOnReplicaThatDoesNotLead(t *testing.T) {
+	e := newAuthzEnv(t) // the leader: it runs without leader election
+	e.amoMT("crm", false)
+	eventually(t, "crm waiting", 20*time.Second, func() bool {
+		return waitingForAuthorization(e.get("crm")) && len(e.get("crm").Status.Conditions) > 0
+	})
+
+	// A Lease someone else holds for an hour: the second replica never leads.
+	now := metav1.NewMicroTime(time.Now())
+	lease := &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{Name: "keeper-test", Namespace: e.ns},
+		Spec: coordinationv1.LeaseSpec{HolderIdentity: ptr.To("the-leader"), LeaseDurationSeconds: ptr.To(int32(3600)),
+			AcquireTime: &now, RenewTime: &now},
+	}
+	if err := k8sClient.Create(e.ctx, lease); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var flaky *flakyClient
+	var follower manager.Manager
+	startManagerWith(t, e.ns, e.amoURL, e.fbURL, "", managerOptions{
+		leaseID: "keeper-test",
+		tweak: func(r *ManagedTokenReconciler) {
+			r.Clock = e.clk
+			r.ConsentURL = testConsentURL(e.amoURL, e.fbURL)
+			r.SpendTimeout = 500 * time.Millisecond
+			flaky = &flakyClient{Client: r.Client}
+			flaky.skipStateWrites.Store(1) // the intent
+			flaky.failStateWrites.Store(1 << 30)
+			r.Client = flaky
+		},
+		setup: func(mgr manager.Manager, r *ManagedTokenReconciler) {
+			follower = mgr
+			if err := mgr.Add(&callback.Endpoint{Listener: l, Handler: callback.NewServer(callback.Options{
+				Handler: r.HandleCallback, RatePerSecond: 100, Burst: 100, Timeout: time.Minute,
+			})}); err != nil {
+				t.Fatal(err)
+			}
+		},
+	})
+	eventually(t, "the second replica's cache", 20*time.Second, func() bool {
+		return follower.GetCache().WaitForCacheSync(e.ctx)
+	})
+
+	// The consent page sends the browser to the callback; the Service
+	// routes it to the replica that does not lead.
+	consentURL, _ := e.authorize("crm")
+	p := fetch(t, consentURL)
+	if p.status != http.StatusFound || !strings.HasPrefix(p.location, e.endpoint) {
+		t.Fatalf("consent page: %d %q", p.status, p.location)
+	}
+	p = fetch(t, "http://"+l.Addr().String()+strings.TrimPrefix(p.location, e.endpoint))
+	if !strings.Contains(p.body, "keeps retrying to store it") {
+		t.Fatalf("callback on the replica that does not lead, with failing state writes: %d\n%s", p.status, p.body)
+	}
+	select {
+	case <-follower.Elected():
+		t.Fatal("the second replica leads")
+	default:
+	}
+
+	flaky.failStateWrites.Store(0)
+	e.waitReady("crm")
+	if out := e.output("crm-token"); out == nil || string(out.Data[tokensv1alpha1.OutputAccessTokenKey]) != e.amo.CurrentAccessToken() {
+		t.Fatal("the output Secret does not hold the token the code gave")
+	}
+	if got := e.amo.CurrentRefreshToken(); !e.amo.RefreshTokenLive(got) {
+		t.Fatal("no live refresh token")
+	}
+	if n := e.amo.Calls(amocrm.OpAuthorizationCode); n != 1 {
+		t.Fatalf("%d code exchanges, want 1", n)
+	}
+	fmt.Printf("measured: a pair obtained on a replica that does not lead was stored by its keeper and published by the leader; %d code exchange\n", e.amo.Calls(amocrm.OpAuthorizationCode))
 }

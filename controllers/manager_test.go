@@ -55,6 +55,9 @@ type managerOptions struct {
 	tweak func(*ManagedTokenReconciler)
 	// setup adds to the manager once the reconciler is set up.
 	setup func(manager.Manager, *ManagedTokenReconciler)
+	// leaseID, when set, runs the manager with leader election on the Lease
+	// of that name in ns.
+	leaseID string
 }
 
 // startManagerWith is startManager with options.
@@ -79,7 +82,10 @@ func startManagerWith(t *testing.T, ns, amoURL, fbURL, metricsAddr string, o man
 		Metrics: metricsserver.Options{BindAddress: bind},
 		Cache:   cacheOpts,
 		// Several managers start in one test process.
-		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
+		Controller:              config.Controller{SkipNameValidation: ptr.To(true)},
+		LeaderElection:          o.leaseID != "",
+		LeaderElectionID:        o.leaseID,
+		LeaderElectionNamespace: ns,
 	})
 	if err != nil {
 		t.Fatal(err)
