@@ -31,9 +31,10 @@ const (
 // reconcile of that ManagedToken retried, and reconciles run only on the
 // leader: a pair obtained by an authorization callback on another replica
 // stayed in that replica's memory and died with it. The keeper runs on
-// every replica, leader or not, tries every few seconds, and once more when
-// the manager stops (TestKeeperStoresCallbackPairWithoutReconcile; with two
-// managers, TestKeeperOnReplicaThatDoesNotLead).
+// every replica, leader or not, tries every few seconds, and when the
+// manager stops, keeps trying until the spends in flight have ended
+// (TestKeeperStoresCallbackPairWithoutReconcile; with two managers,
+// TestKeeperOnReplicaThatDoesNotLead).
 //
 // The reconciler still stores a pending pair first thing in its run; both
 // go through storePending, which serializes them per ManagedToken and never
@@ -101,18 +102,13 @@ func (k *keeper) flush(ctx context.Context) {
 }
 
 // storeKept tries once to store every pair that has been only in memory for
-// at least minAge, and returns how many are still not stored.
-func (r *ManagedTokenReconciler) storeKept(ctx context.Context, minAge time.Duration) (left int) {
+// at least minAge.
+func (r *ManagedTokenReconciler) storeKept(ctx context.Context, minAge time.Duration) {
 	for key, e := range r.memory().pendingEntries() {
 		if e.mt == nil || time.Since(e.since) < minAge {
-			left++
 			continue
 		}
-		in := &inputs{key: key, mt: e.mt, pending: &e}
 		lctx := log.IntoContext(ctx, log.FromContext(ctx).WithValues("managedToken", key.String()))
-		if out := r.storePending(lctx, in); !out.stored {
-			left++
-		}
+		r.storePending(lctx, &inputs{key: key, mt: e.mt, pending: &e})
 	}
-	return left
 }
