@@ -23,7 +23,8 @@ import (
 
 // Bounds on the manager's API requests per ManagedToken, asserted by
 // TestAPICostPerToken (measured with 20 tokens: 1.00 read, 4.00 writes and
-// 1.00 event per new token; 0 requests per token after a restart). The
+// 1.00 event per new token, and now and then one write refused with a
+// conflict; 0 requests per token after a restart). The
 // issue "Scale: 10,000 tokens on one manager" sets the targets in the
 // comments.
 const (
@@ -41,6 +42,11 @@ const (
 	maxSyncWritesPerToken = 5.0
 	// Events per new token: one per transition (TokenObtained).
 	maxSyncEventsPerToken = 1.0
+	// Writes per new token answered 409 Conflict: a reconcile right after
+	// a first publish, on a cache that has not seen its own writes yet,
+	// tries to create a Secret that exists and then reads it (a read within
+	// maxSyncReadsPerToken). Seen once in 20 tokens on a loaded machine.
+	maxSyncConflictsPerToken = 0.25
 	// GETs per token after a restart with every token fresh: none. The
 	// ManagedToken and state Secret come from the cache, and the
 	// credentials Secret's resourceVersion from the metadata watch equals
@@ -61,12 +67,21 @@ func (c *apiCounter) wrap(cfg *rest.Config) *rest.Config {
 	out := rest.CopyConfig(cfg)
 	out.Wrap(func(rt http.RoundTripper) http.RoundTripper {
 		return roundTripperFunc(func(req *http.Request) (*http.Response, error) {
-			if k, ok := c.classify(req); ok {
+			k, ok := c.classify(req)
+			resp, err := rt.RoundTrip(req)
+			if ok {
+				if err == nil && resp.StatusCode == http.StatusConflict && req.Method != http.MethodGet {
+					// A write refused because the cache was stale (a create
+					// of an object the cache had not seen yet, or an
+					// outdated resourceVersion): it changed nothing, and is
+					// counted apart.
+					k = "conflict " + k
+				}
 				c.mu.Lock()
 				c.n[k]++
 				c.mu.Unlock()
 			}
-			return rt.RoundTrip(req)
+			return resp, err
 		})
 	})
 	return out
@@ -230,6 +245,9 @@ func TestAPICostPerToken(t *testing.T) {
 	if got := perToken(total(sync, "create", "update", "patch", "delete")); got > maxSyncWritesPerToken {
 		t.Errorf("%.2f writes per new token, want at most %.2f: %s", got, maxSyncWritesPerToken, describe(sync))
 	}
+	if got := perToken(total(sync, "conflict")); got > maxSyncConflictsPerToken {
+		t.Errorf("%.2f writes per new token refused with a conflict, want at most %.2f: %s", got, maxSyncConflictsPerToken, describe(sync))
+	}
 	if got := perToken(sync["create events"] + sync["patch events"]); got > maxSyncEventsPerToken {
 		t.Errorf("%.2f events per new token, want at most %.2f", got, maxSyncEventsPerToken)
 	}
@@ -266,7 +284,7 @@ func TestAPICostPerToken(t *testing.T) {
 	if got := perToken(total(restart, "get")); got > maxRestartReadsPerToken {
 		t.Errorf("%.2f reads per token after a restart, want at most %.2f: %s", got, maxRestartReadsPerToken, describe(restart))
 	}
-	if w := total(restart, "create", "update", "patch", "delete"); w != 0 {
+	if w := total(restart, "create", "update", "patch", "delete", "conflict"); w != 0 {
 		t.Errorf("%d writes after a restart with every token fresh, want 0: %s", w, describe(restart))
 	}
 	if got := amo.Calls("token") + amo.Calls("account"); got != calls {
