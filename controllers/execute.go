@@ -393,9 +393,9 @@ func (r *ManagedTokenReconciler) storePending(ctx context.Context, in *inputs) o
 	if sec, err := readStateSecret(ctx, r.APIReader, in.mt); err == nil {
 		if fresh, problem := parseStateSecret(sec, in.mt); problem == nil {
 			rv = fresh.rv
-			if newerPair(fresh.state, e.state) || samePair(fresh.state, e.state) {
+			if same := samePair(fresh.state, e.state); same || newerPair(fresh.state, e.state) {
 				mem.stored(in.key, e.uid, fresh.state)
-				return outcome{state: fresh.state, rv: fresh.rv, stored: true, obtained: samePair(fresh.state, e.state)}
+				return outcome{state: fresh.state, rv: fresh.rv, stored: true, obtained: same}
 			}
 		}
 	}

@@ -54,9 +54,12 @@ func (k *keeper) NeedLeaderElection() bool { return false }
 // Start tries to store the pending pairs every interval until ctx is done,
 // then stops as described at flush.
 func (k *keeper) Start(ctx context.Context) error {
-	interval := k.interval
+	interval, minAge := k.interval, k.minAge
 	if interval <= 0 {
 		interval = defaultKeeperInterval
+	}
+	if minAge == 0 {
+		minAge = defaultKeeperMinAge
 	}
 	ctx = log.IntoContext(ctx, log.FromContext(ctx).WithName("keeper"))
 	t := time.NewTicker(interval)
@@ -67,10 +70,6 @@ func (k *keeper) Start(ctx context.Context) error {
 			k.flush(ctx)
 			return nil
 		case <-t.C:
-			minAge := k.minAge
-			if minAge == 0 {
-				minAge = defaultKeeperMinAge
-			}
 			k.r.storeKept(ctx, minAge)
 		}
 	}
