@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
@@ -201,35 +202,8 @@ func TestAPICostPerToken(t *testing.T) {
 		AccessTokenTTL: 24 * time.Hour})
 	srv := httptest.NewServer(amo)
 	defer srv.Close()
-	names := make([]string, n)
-	for i := range names {
-		names[i] = fmt.Sprintf("apicost-%02d", i)
-		if err := k8sClient.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: names[i] + "-creds"},
-			StringData: map[string]string{"client_id": testClientID, "client_secret": testClientSecret, "refresh_token": amo.IssueRefreshToken()}}); err != nil {
-			t.Fatal(err)
-		}
-		mt := validAmoCRM(ns, names[i])
-		mt.Spec.CredentialsSecretRef.Name = names[i] + "-creds"
-		mt.Spec.SecretName = names[i] + "-token"
-		// One account per token, as in real use (calls are limited per account).
-		mt.Spec.AmoCRM.Domain = names[i] + ".amocrm.ru"
-		mt.Spec.AmoCRM.RedirectURI = testRedirectURI
-		if err := k8sClient.Create(ctx, mt); err != nil {
-			t.Fatal(err)
-		}
-	}
-	allReady := func() bool {
-		var list tokensv1alpha1.ManagedTokenList
-		if err := k8sClient.List(ctx, &list, client.InNamespace(ns)); err != nil || len(list.Items) != n {
-			return false
-		}
-		for _, mt := range list.Items {
-			if !meta.IsStatusConditionTrue(mt.Status.Conditions, tokensv1alpha1.ConditionReady) {
-				return false
-			}
-		}
-		return true
-	}
+	names := createAPICostTokens(t, ns, amo, n)
+	allReady := func() bool { return allTokensReady(ctx, ns, n) }
 	perToken := func(x int) float64 { return float64(x) / n }
 
 	// Sync: every token from create to Ready.
@@ -268,15 +242,7 @@ func TestAPICostPerToken(t *testing.T) {
 	offset := len(logSink.String())
 	counter2 := &apiCounter{ns: ns, n: map[string]int{}}
 	stop2 := startManagerWith(t, ns, srv.URL, srv.URL, "", managerOptions{restConfig: counter2.wrap(cfg)})
-	eventually(t, "every token examined after the restart", 60*time.Second, func() bool {
-		logs := logSink.String()[offset:]
-		for _, name := range names {
-			if !decidedFor(logs, ns, name) {
-				return false
-			}
-		}
-		return true
-	})
+	eventually(t, "every token examined after the restart", 60*time.Second, func() bool { return allDecided(offset, ns, names) })
 	counter2.waitQuiet(t, 2*time.Second, 30*time.Second)
 	stop2()
 	restart := counter2.take()
@@ -301,4 +267,137 @@ func decidedFor(logs, ns, name string) bool {
 		}
 	}
 	return false
+}
+
+// createAPICostTokens creates n AmoCRM ManagedTokens in ns, each with its
+// credentials Secret (a refresh token of amo) and its own account.
+func createAPICostTokens(t *testing.T, ns string, amo *amocrmfake.Server, n int) []string {
+	t.Helper()
+	ctx := context.Background()
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("apicost-%02d", i)
+		if err := k8sClient.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: names[i] + "-creds"},
+			StringData: map[string]string{"client_id": testClientID, "client_secret": testClientSecret, "refresh_token": amo.IssueRefreshToken()}}); err != nil {
+			t.Fatal(err)
+		}
+		mt := validAmoCRM(ns, names[i])
+		mt.Spec.CredentialsSecretRef.Name = names[i] + "-creds"
+		mt.Spec.SecretName = names[i] + "-token"
+		// One account per token, as in real use (calls are limited per account).
+		mt.Spec.AmoCRM.Domain = names[i] + ".amocrm.ru"
+		mt.Spec.AmoCRM.RedirectURI = testRedirectURI
+		if err := k8sClient.Create(ctx, mt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return names
+}
+
+// allTokensReady reports whether ns holds n ManagedTokens, all Ready.
+func allTokensReady(ctx context.Context, ns string, n int) bool {
+	var list tokensv1alpha1.ManagedTokenList
+	if err := k8sClient.List(ctx, &list, client.InNamespace(ns)); err != nil || len(list.Items) != n {
+		return false
+	}
+	for _, mt := range list.Items {
+		if !meta.IsStatusConditionTrue(mt.Status.Conditions, tokensv1alpha1.ConditionReady) {
+			return false
+		}
+	}
+	return true
+}
+
+// allDecided reports whether the log since offset holds a decision for
+// every ManagedToken ns/name of names.
+func allDecided(offset int, ns string, names []string) bool {
+	logs := logSink.String()[offset:]
+	for _, name := range names {
+		if !decidedFor(logs, ns, name) {
+			return false
+		}
+	}
+	return true
+}
+
+// TestRestartWhileCredentialsWatchSyncs: after a restart, the credentials
+// watch of a namespace may sync after its tokens are first reconciled
+// (listing thousands of Secrets takes a while). Those reconciles wait for
+// the watch rather than reading each credentials Secret (make bench saw 2
+// such reads in 10,000 tokens when the wait was one second). A watch that
+// does not sync at all delays its tokens at most by the wait bound, then
+// they fall back to one live read each, and the controller is not held up
+// by it.
+func TestRestartWhileCredentialsWatchSyncs(t *testing.T) {
+	const n = 8
+	ctx := context.Background()
+	ns := newNamespace(t)
+	amo := amocrmfake.New(amocrmfake.Options{ClientID: testClientID, ClientSecret: testClientSecret, RedirectURI: testRedirectURI,
+		AccessTokenTTL: 24 * time.Hour})
+	srv := httptest.NewServer(amo)
+	defer srv.Close()
+	names := createAPICostTokens(t, ns, amo, n)
+	stop := startManagerWith(t, ns, srv.URL, srv.URL, "", managerOptions{})
+	eventually(t, "all tokens Ready", 60*time.Second, func() bool { return allTokensReady(ctx, ns, n) })
+	stop()
+	calls := amo.Calls("token") + amo.Calls("account")
+
+	// restart starts a manager whose credentials watch of ns starts after
+	// hold (or never, when hold is 0), waits until every token was
+	// examined, and returns the requests it made and how long that took.
+	restart := func(t *testing.T, hold, syncWait time.Duration) (map[string]int, time.Duration) {
+		t.Helper()
+		offset := len(logSink.String())
+		counter := &apiCounter{ns: ns, n: map[string]int{}}
+		started := time.Now()
+		stop := startManagerWith(t, ns, srv.URL, srv.URL, "", managerOptions{
+			restConfig: counter.wrap(cfg),
+			caches: func(_ cache.Cache, creds *CredentialsWatch) {
+				creds.syncWait = syncWait
+				creds.beforeStart = func(ctx context.Context, _ string) {
+					if hold == 0 {
+						<-ctx.Done()
+						return
+					}
+					select {
+					case <-time.After(hold):
+					case <-ctx.Done():
+					}
+				}
+			},
+		})
+		eventually(t, "every token examined after the restart", 60*time.Second, func() bool { return allDecided(offset, ns, names) })
+		took := time.Since(started)
+		counter.waitQuiet(t, 2*time.Second, 30*time.Second)
+		stop()
+		got := counter.take()
+		t.Logf("restart, %d tokens, watch held %s (wait bound %s): every token examined after %s; %s", n, hold, syncWait, took.Round(time.Millisecond), describe(got))
+		if w := total(got, "create", "update", "patch", "delete", "conflict"); w != 0 {
+			t.Errorf("%d writes after a restart with every token fresh, want 0: %s", w, describe(got))
+		}
+		if c := amo.Calls("token") + amo.Calls("account"); c != calls {
+			t.Errorf("%d provider calls after a restart with every token fresh, want 0", c-calls)
+		}
+		return got, took
+	}
+
+	t.Run("SyncsLate", func(t *testing.T) {
+		// Held three times as long as the old per-lookup wait.
+		got, _ := restart(t, 3*time.Second, 20*time.Second)
+		if r := got["get secrets"]; r != 0 {
+			t.Errorf("%d credentials Secrets read while the watch synced, want 0: %s", r, describe(got))
+		}
+	})
+	t.Run("NeverSyncs", func(t *testing.T) {
+		const bound = 3 * time.Second
+		got, took := restart(t, 0, bound)
+		if r := got["get secrets"]; r != n {
+			t.Errorf("%d credentials Secrets read with a watch that never syncs, want %d (one per token): %s", r, n, describe(got))
+		}
+		// The bound is counted from the watch's start, once: tokens are
+		// not each delayed by it (that would take n/2 bounds here).
+		if took > bound+5*time.Second {
+			t.Errorf("every token examined after %s, want within the %s bound plus 5s of start-up", took, bound)
+		}
+	})
 }

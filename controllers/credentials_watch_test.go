@@ -5,13 +5,20 @@ import (
 	"net/http/httptest"
 	"slices"
 	"sort"
+	"sync"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
 	"github.com/tokenkeeper/tokenkeeper/internal/provider/amocrm/amocrmfake"
@@ -96,5 +103,51 @@ func TestCredentialsWatchFollowsNamespaces(t *testing.T) {
 	eventually(t, "the second namespace to be released", 10*time.Second, watched(withToken))
 	if amo.ReusedRefreshTokens() != 0 {
 		t.Fatal("a refresh token was reused")
+	}
+}
+
+// recordingController records the sources given to Watch.
+type recordingController struct {
+	controller.Controller
+	mu      sync.Mutex
+	sources []source.Source
+}
+
+func (c *recordingController) Watch(src source.Source) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.sources = append(c.sources, src)
+	return nil
+}
+
+// TestCredentialsWatchDoesNotHoldTheController: a controller waits for
+// every source registered before it starts to sync, and fails (stopping the
+// manager) when one does not within its cache sync timeout. A namespace's
+// credentials watch that cannot sync must not do that: its source gives the
+// controller nothing to wait for; lookups wait instead, bounded (see
+// TestRestartWhileCredentialsWatchSyncs).
+func TestCredentialsWatchDoesNotHoldTheController(t *testing.T) {
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Metrics: metricsserver.Options{BindAddress: "0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := NewCredentialsWatch(mgr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	rc := &recordingController{}
+	w.ctx = ctx
+	w.beforeStart = func(ctx context.Context, _ string) { <-ctx.Done() } // never syncs
+	w.bind(rc, handler.TypedEnqueueRequestsFromMapFunc(func(context.Context, *metav1.PartialObjectMetadata) []reconcile.Request { return nil }))
+	w.watch("some-namespace")
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	if len(rc.sources) != 1 {
+		t.Fatalf("%d sources given to the controller, want 1", len(rc.sources))
+	}
+	if _, ok := rc.sources[0].(source.SyncingSource); ok {
+		t.Error("the namespace's source is a SyncingSource: a controller starting after it would wait for it to sync")
 	}
 }

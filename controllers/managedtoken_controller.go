@@ -228,9 +228,11 @@ func (r *ManagedTokenReconciler) loadWith(ctx context.Context, key types.Namespa
 	}
 	in.refreshBefore = effectiveRefreshBefore(&mt.Spec, in.current().Token)
 
-	if r.CredentialsVersion != nil && in.problem == nil && cb == nil {
-		rv, ok := r.CredentialsVersion(ctx, mt.Namespace, mt.Spec.CredentialsSecretRef.Name)
-		if st := in.current(); ok && rv != "" && rv == st.CredsVersion {
+	// A token decided before (its state names the credentials' version)
+	// looks the version up in the watch, which may wait for the watch to
+	// sync after a restart; a new one reads the Secret at once.
+	if st := in.current(); r.CredentialsVersion != nil && in.problem == nil && cb == nil && st.CredsVersion != "" {
+		if rv, ok := r.CredentialsVersion(ctx, mt.Namespace, mt.Spec.CredentialsSecretRef.Name); ok && rv == st.CredsVersion {
 			// Unchanged since the stored state was decided with them: no
 			// new grant can be there. Read them when a call is due.
 			in.credsVersion = rv

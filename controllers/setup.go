@@ -81,6 +81,13 @@ type CredentialsWatch struct {
 	mapper     meta.RESTMapper
 	tokens     cache.Cache // the manager's cache, which holds the ManagedTokens
 
+	// syncWait bounds how long lookups wait for a namespace's watch to
+	// sync, counted from the watch's start (default credentialsSyncWait).
+	syncWait time.Duration
+	// beforeStart, when set, runs before a namespace's cache starts (tests
+	// hold a watch unsynced with it).
+	beforeStart func(ctx context.Context, ns string)
+
 	mu      sync.Mutex
 	ctx     context.Context // set by Start
 	ctrl    controller.Controller
@@ -88,9 +95,26 @@ type CredentialsWatch struct {
 	byNS    map[string]*namespaceWatch
 }
 
+// credentialsSyncWait is how long, from the start of a namespace's watch,
+// a lookup waits for the watch to sync before it gives up and the
+// reconciler reads the credentials Secret from the API server.
+//
+// After a restart every namespace's watch starts at once, and listing a
+// namespace's Secret metadata takes a second or more with thousands of
+// Secrets there: a lookup that gave up after a fixed second (the earlier
+// design) cost a live read for each token reconciled that early (2 of
+// 10,000 in make bench). The deadline is counted from the watch's start,
+// not per lookup, so a watch that never syncs (a namespace whose Secrets
+// the manager may not list) delays its tokens once, by at most this much,
+// and then every lookup there falls back to a live read at once.
+// TestRestartWhileCredentialsWatchSyncs holds a watch unsynced both ways.
+const credentialsSyncWait = 20 * time.Second
+
 type namespaceWatch struct {
-	cache  cache.Cache
-	cancel context.CancelFunc
+	cache   cache.Cache
+	cancel  context.CancelFunc
+	started time.Time
+	synced  chan struct{} // closed once the cache has synced
 }
 
 // NewCredentialsWatch returns the credentials watch of mgr.
@@ -170,18 +194,40 @@ func (w *CredentialsWatch) watch(ns string) {
 		return
 	}
 	ctx, cancel := context.WithCancel(w.ctx)
+	nw := &namespaceWatch{cache: c, cancel: cancel, started: time.Now(), synced: make(chan struct{})}
 	go func() {
+		if w.beforeStart != nil {
+			w.beforeStart(ctx, ns)
+		}
 		if err := c.Start(ctx); err != nil {
 			logger.Error(err, "credentials watch stopped")
 		}
 	}()
-	w.byNS[ns] = &namespaceWatch{cache: c, cancel: cancel}
 	secretMeta := &metav1.PartialObjectMetadata{}
 	secretMeta.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Secret"))
-	if err := w.ctrl.Watch(source.Kind(c, secretMeta, w.handler)); err != nil {
+	go func() {
+		// The Secret metadata informer, not the whole cache: a cache with
+		// no informer yet counts as synced as soon as it starts.
+		inf, err := c.GetInformer(ctx, secretMeta, cache.BlockUntilSynced(false))
+		if err == nil && toolscache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+			close(nw.synced)
+		}
+	}()
+	w.byNS[ns] = nw
+	if err := w.ctrl.Watch(startOnly{source.Kind(c, secretMeta, w.handler)}); err != nil {
 		logger.Error(err, "cannot watch credentials Secrets")
 	}
 	logger.V(1).Info("watching credentials Secrets")
+}
+
+// startOnly hides a source's WaitForSync from the controller. A controller
+// waits for every source registered before it starts to sync, and fails
+// (stopping the manager) when one does not within its cache sync timeout:
+// a namespace whose Secrets cannot be listed would then keep every token
+// from being reconciled. Lookups wait for a namespace's watch instead,
+// bounded by credentialsSyncWait (see ResourceVersion).
+type startOnly struct {
+	source.TypedSource[reconcile.Request]
 }
 
 // release stops watching ns once it holds no ManagedToken.
@@ -211,11 +257,16 @@ func (w *CredentialsWatch) namespaces() []string {
 	return out
 }
 
-// cacheFor returns the metadata cache of ns, or nil when ns is not watched.
-func (w *CredentialsWatch) cacheFor(ns string) cache.Cache {
+// watchOf returns the watch of ns, or nil when ns is not watched.
+func (w *CredentialsWatch) watchOf(ns string) *namespaceWatch {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if nw := w.byNS[ns]; nw != nil {
+	return w.byNS[ns]
+}
+
+// cacheFor returns the metadata cache of ns, or nil when ns is not watched.
+func (w *CredentialsWatch) cacheFor(ns string) cache.Cache {
+	if nw := w.watchOf(ns); nw != nil {
 		return nw.cache
 	}
 	return nil
@@ -223,18 +274,38 @@ func (w *CredentialsWatch) cacheFor(ns string) cache.Cache {
 
 // ResourceVersion returns the resourceVersion of the credentials Secret
 // ns/name from the metadata watch, without a request to the API server. ok
-// is false when the namespace is not watched yet, the watch has not synced
-// within a second, or the Secret is not there.
+// is false when the namespace is not watched yet, the Secret is not there,
+// or the watch has not synced by credentialsSyncWait after its start
+// (until then the lookup waits for it).
 func (w *CredentialsWatch) ResourceVersion(ctx context.Context, ns, name string) (rv string, ok bool) {
-	c := w.cacheFor(ns)
-	if c == nil {
+	nw := w.watchOf(ns)
+	if nw == nil {
 		return "", false
 	}
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
+	wait := w.syncWait
+	if wait <= 0 {
+		wait = credentialsSyncWait
+	}
+	select {
+	case <-nw.synced:
+	default:
+		left := time.Until(nw.started.Add(wait))
+		if left <= 0 {
+			return "", false
+		}
+		t := time.NewTimer(left)
+		defer t.Stop()
+		select {
+		case <-nw.synced:
+		case <-t.C:
+			return "", false
+		case <-ctx.Done():
+			return "", false
+		}
+	}
 	m := &metav1.PartialObjectMetadata{}
 	m.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Secret"))
-	if err := c.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, m); err != nil {
+	if err := nw.cache.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, m); err != nil {
 		return "", false
 	}
 	return m.ResourceVersion, true
