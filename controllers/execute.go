@@ -384,8 +384,10 @@ func (r *ManagedTokenReconciler) storePending(ctx context.Context, in *inputs) o
 	defer mem.lockStore(in.key)()
 	e := *in.pending
 	if cur, ok := mem.pendingPair(in.key, e.uid); !ok || !samePair(cur.state, e.state) {
-		// Stored by the other one while this one waited for the lock.
-		if last, ok := mem.lastStored(in.key, e.uid); ok && samePair(last, e.state) {
+		// Stored by the other one while this one waited for the lock (by
+		// the keeper for the ManagedToken that obtained it, or by a
+		// reconcile of one created again with its name).
+		if last, ok := mem.lastStoredPair(in.key); ok && samePair(last, e.state) {
 			return outcome{state: last, stored: true, obtained: true}
 		}
 	}
@@ -394,7 +396,7 @@ func (r *ManagedTokenReconciler) storePending(ctx context.Context, in *inputs) o
 		if fresh, problem := parseStateSecret(sec, in.mt); problem == nil {
 			rv = fresh.rv
 			if same := samePair(fresh.state, e.state); same || newerPair(fresh.state, e.state) {
-				mem.stored(in.key, e.uid, fresh.state)
+				mem.stored(in.key, in.mt.UID, fresh.state)
 				return outcome{state: fresh.state, rv: fresh.rv, stored: true, obtained: same}
 			}
 		}
@@ -406,7 +408,7 @@ func (r *ManagedTokenReconciler) storePending(ctx context.Context, in *inputs) o
 		log.FromContext(ctx).Error(err, "new token still not stored; provider calls paused for this token", "attempt", e.attempts)
 		return outcome{state: e.state, stored: false, storeErr: err}
 	}
-	mem.stored(in.key, e.uid, e.state)
+	mem.stored(in.key, in.mt.UID, e.state)
 	return outcome{state: e.state, rv: newRV, stored: true, obtained: true}
 }
 

@@ -247,3 +247,92 @@ func TestKeeperOnReplicaThatDoesNotLead(t *testing.T) {
 	}
 	fmt.Printf("measured: a pair obtained on a replica that does not lead was stored by its keeper and published by the leader; %d code exchange\n", e.amo.Calls(amocrm.OpAuthorizationCode))
 }
+
+// TestRecreatedManagedTokenResumesFromPendingPair: a refresh obtains a new
+// pair whose state write fails, so the pair is only in memory and the
+// refresh token in the state Secret is already spent. Then the
+// ManagedToken is deleted, and (Argo CD Replace=true) created again. The new
+// pair must end in the state Secret and be the one the re-created
+// ManagedToken resumes from, whichever stores it first: a reconcile of the
+// re-created ManagedToken, or the keeper. Deleted for good, the state Secret
+// still gets the pair and keeps its orphan mark.
+func TestRecreatedManagedTokenResumesFromPendingPair(t *testing.T) {
+	for _, order := range []string{"re-created, then reconciled", "stored by the keeper, then re-created", "deleted for good"} {
+		t.Run(order, func(t *testing.T) {
+			h := newHarness(t, amocrmfake.Options{AccessTokenTTL: 24 * time.Hour})
+			h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
+			h.createAmoMT("")
+			h.reconcile()
+			oldUID := h.get().UID
+
+			h.r.SpendTimeout = 300 * time.Millisecond
+			h.client.skipStateWrites.Store(1) // the intent
+			h.client.failStateWrites.Store(1000)
+			h.advancePastNextRefresh()
+			h.reconcile()
+			issued := h.amo.CurrentRefreshToken()
+			if h.state().Token.RefreshToken == issued {
+				t.Fatal("the store was supposed to fail")
+			}
+			refreshes := h.amo.Calls("refresh_token")
+
+			if err := k8sClient.Delete(h.ctx, h.get()); err != nil {
+				t.Fatal(err)
+			}
+			h.client.failStateWrites.Store(0)
+			h.reconcile() // the ManagedToken is gone: its state is marked orphaned
+			if h.secret(stateSecretName("crm")).Annotations[orphanedAtAnnotation] == "" {
+				t.Fatal("the state Secret of the deleted ManagedToken is not marked")
+			}
+			if order != "re-created, then reconciled" {
+				h.r.storeKept(h.ctx, 0)
+				if st := h.state(); st.Token.RefreshToken != issued {
+					t.Fatal("the keeper did not store the pair of the deleted ManagedToken")
+				}
+			}
+			if order == "deleted for good" {
+				h.reconcile() // the state Secret changed: still an orphan
+				if h.secret(stateSecretName("crm")).Annotations[orphanedAtAnnotation] == "" {
+					t.Fatal("the state Secret of a deleted ManagedToken lost its orphan mark")
+				}
+			} else {
+				h.mt = nil
+				h.createAmoMT("")
+				if h.get().UID == oldUID {
+					t.Fatal("not a new ManagedToken")
+				}
+				h.reconcile()
+				h.reconcile()
+				h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, "")
+				if out := h.output(); out == nil || string(out.Data[tokensv1alpha1.OutputAccessTokenKey]) != h.amo.CurrentAccessToken() {
+					t.Fatal("the re-created ManagedToken does not publish the access token of the pending pair")
+				}
+				if sec := h.secret(stateSecretName("crm")); sec.Annotations[ownerUIDAnnotation] != string(h.get().UID) {
+					t.Fatalf("the state Secret is not the re-created ManagedToken's: %v", sec.Annotations)
+				}
+			}
+			st := h.state()
+			if st.Token == nil || st.Token.RefreshToken != issued || !h.amo.RefreshTokenLive(issued) {
+				t.Fatal("the state Secret does not hold the live pair the provider issued")
+			}
+			if n := h.amo.Calls("refresh_token") - refreshes; n != 0 {
+				t.Fatalf("%d refresh calls after the pair was issued, want 0", n)
+			}
+			if n := len(h.r.memory().pendingEntries()); n != 0 {
+				t.Fatalf("%d pairs still in memory", n)
+			}
+			if order != "deleted for good" {
+				// The chain goes on from the stored pair.
+				h.advancePastNextRefresh()
+				h.reconcile()
+				h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, "")
+				if h.state().Token.RefreshToken != h.amo.CurrentRefreshToken() {
+					t.Fatal("the next refresh was not stored")
+				}
+			}
+			if n := h.amo.ReusedRefreshTokens(); n != 0 {
+				t.Fatalf("%d refresh tokens reused", n)
+			}
+		})
+	}
+}

@@ -219,7 +219,7 @@ func (r *ManagedTokenReconciler) loadWith(ctx context.Context, key types.Namespa
 	in.record = rec
 	in.authzRequest = newAuthorizationRequest(mt, rec.state.Authorization)
 	mem := r.memory()
-	if e, ok := mem.pendingPair(key, mt.UID); ok {
+	if e, ok := mem.pendingFor(key, mt); ok {
 		in.pending = &e
 	} else if sec == nil {
 		if last, ok := mem.lastStored(key, mt.UID); ok {

@@ -262,6 +262,32 @@ func (m *memory) setPending(key types.NamespacedName, e memEntry) {
 	m.pending[key] = e
 }
 
+// pendingFor returns the unstored pair mt starts from: its own, or one that
+// an earlier ManagedToken of the same name and provider obtained and could
+// not store before it was deleted (Argo CD Replace=true deletes and creates
+// again within seconds). A re-created ManagedToken resumes from its
+// predecessor's state Secret (see reconcileOrphan); a pair still in memory
+// is that chain one step further, and the refresh token the state Secret
+// holds is already spent (TestRecreatedManagedTokenResumesFromPendingPair).
+func (m *memory) pendingFor(key types.NamespacedName, mt *tokensv1alpha1.ManagedToken) (memEntry, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e, ok := m.pending[key]
+	if !ok {
+		return memEntry{}, false
+	}
+	return e, e.uid == mt.UID || (e.mt != nil && e.mt.Spec.Provider == mt.Spec.Provider)
+}
+
+// lastStoredPair returns the state last stored under key, by any
+// ManagedToken of that name.
+func (m *memory) lastStoredPair(key types.NamespacedName) (tokenState, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e, ok := m.last[key]
+	return e.state, ok
+}
+
 // stored records that s is durably stored for the ManagedToken.
 func (m *memory) stored(key types.NamespacedName, uid types.UID, s tokenState) {
 	m.mu.Lock()
