@@ -197,12 +197,7 @@ func (c *apiCounter) waitQuiet(t *testing.T, quiet, max time.Duration) {
 func TestAPICostPerToken(t *testing.T) {
 	const n = 20
 	ctx := context.Background()
-	ns := newNamespace(t)
-	amo := amocrmfake.New(amocrmfake.Options{ClientID: testClientID, ClientSecret: testClientSecret, RedirectURI: testRedirectURI,
-		AccessTokenTTL: 24 * time.Hour})
-	srv := httptest.NewServer(amo)
-	defer srv.Close()
-	names := createAPICostTokens(t, ns, amo, n)
+	ns, amo, srv, names := newAPICostTokens(t, n)
 	allReady := func() bool { return allTokensReady(ctx, ns, n) }
 	perToken := func(x int) float64 { return float64(x) / n }
 
@@ -269,12 +264,18 @@ func decidedFor(logs, ns, name string) bool {
 	return false
 }
 
-// createAPICostTokens creates n AmoCRM ManagedTokens in ns, each with its
-// credentials Secret (a refresh token of amo) and its own account.
-func createAPICostTokens(t *testing.T, ns string, amo *amocrmfake.Server, n int) []string {
+// newAPICostTokens starts a fake AmoCRM (24h access tokens) and creates n
+// ManagedTokens in a new namespace, each with its credentials Secret (a
+// refresh token of the fake) and its own account.
+func newAPICostTokens(t *testing.T, n int) (ns string, amo *amocrmfake.Server, srv *httptest.Server, names []string) {
 	t.Helper()
 	ctx := context.Background()
-	names := make([]string, n)
+	ns = newNamespace(t)
+	amo = amocrmfake.New(amocrmfake.Options{ClientID: testClientID, ClientSecret: testClientSecret, RedirectURI: testRedirectURI,
+		AccessTokenTTL: 24 * time.Hour})
+	srv = httptest.NewServer(amo)
+	t.Cleanup(srv.Close)
+	names = make([]string, n)
 	for i := range names {
 		names[i] = fmt.Sprintf("apicost-%02d", i)
 		if err := k8sClient.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: names[i] + "-creds"},
@@ -291,7 +292,7 @@ func createAPICostTokens(t *testing.T, ns string, amo *amocrmfake.Server, n int)
 			t.Fatal(err)
 		}
 	}
-	return names
+	return ns, amo, srv, names
 }
 
 // allTokensReady reports whether ns holds n ManagedTokens, all Ready.
@@ -331,12 +332,7 @@ func allDecided(offset int, ns string, names []string) bool {
 func TestRestartWhileCredentialsWatchSyncs(t *testing.T) {
 	const n = 8
 	ctx := context.Background()
-	ns := newNamespace(t)
-	amo := amocrmfake.New(amocrmfake.Options{ClientID: testClientID, ClientSecret: testClientSecret, RedirectURI: testRedirectURI,
-		AccessTokenTTL: 24 * time.Hour})
-	srv := httptest.NewServer(amo)
-	defer srv.Close()
-	names := createAPICostTokens(t, ns, amo, n)
+	ns, amo, srv, names := newAPICostTokens(t, n)
 	stop := startManagerWith(t, ns, srv.URL, srv.URL, "", managerOptions{})
 	eventually(t, "all tokens Ready", 60*time.Second, func() bool { return allTokensReady(ctx, ns, n) })
 	stop()
