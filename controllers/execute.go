@@ -354,18 +354,20 @@ func (r *ManagedTokenReconciler) commit(ctx context.Context, in *inputs, intent 
 
 // ours reports whether fresh is still the state a run started from, or
 // that state with the run's own intent.
+//
+// A write with no spend of its own (a probe, an adoption, a restore) was
+// built from started as a whole, so it is redone only on that very state:
+// on one with the same token but other bookkeeping (a callback that marked
+// its code consumed and its request used) it would undo that
+// (TestProbeRacingOtherWriteKeepsIt).
 func ours(fresh, started tokenState, intent *spendIntent) bool {
-	if intent != nil && fresh.Intent != nil && fresh.Intent.Spent == intent.Spent && fresh.Intent.Started.Equal(intent.Started) {
+	if intent == nil {
+		return sameData(encodeState(fresh), encodeState(started))
+	}
+	if fresh.Intent != nil && fresh.Intent.Spent == intent.Spent && fresh.Intent.Started.Equal(intent.Started) {
 		return true
 	}
-	return spentFingerprint(fresh.Token) == spentFingerprint(started.Token) && (fresh.Intent == nil || fresh.Intent.Deadline.Before(startedOr(intent)))
-}
-
-func startedOr(intent *spendIntent) time.Time {
-	if intent == nil {
-		return time.Time{}
-	}
-	return intent.Started
+	return spentFingerprint(fresh.Token) == spentFingerprint(started.Token) && (fresh.Intent == nil || fresh.Intent.Deadline.Before(intent.Started))
 }
 
 // newerPair reports whether the stored state holds a pair obtained after

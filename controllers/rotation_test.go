@@ -257,6 +257,46 @@ func TestProbeRacingRefreshNeverRestoresOldPair(t *testing.T) {
 	}
 }
 
+// TestProbeRacingOtherWriteKeepsIt: while a probe is at the provider,
+// another writer stores a state with the same token but other bookkeeping
+// (an authorization callback whose code the provider refused records the
+// code as consumed and the request as used). The probe's write, built from
+// the state it read, conflicts; it must not be redone over the newer state,
+// which would forget that the code was spent (and let it be sent again).
+func TestProbeRacingOtherWriteKeepsIt(t *testing.T) {
+	h := newReadyAmoCRM(t)
+	h.clk.Step(3 * time.Hour) // a check is due, a refresh is not
+	const spentCode = "code-fingerprint-recorded-meanwhile"
+	h.r.Providers[tokensv1alpha1.ProviderAmoCRM] = &probeHook{Provider: h.r.Providers[tokensv1alpha1.ProviderAmoCRM], during: func() {
+		sec := h.secret(stateSecretName(h.mt.Name))
+		st, err := decodeState(sec.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.Consumed = append(st.Consumed, spentCode)
+		sec.Data = encodeState(st)
+		if err := k8sClient.Update(h.ctx, sec); err != nil {
+			t.Fatal(err)
+		}
+	}}
+	rt := h.state().Token.RefreshToken
+	h.reconcile()
+	st := h.state()
+	if !st.hasConsumed(spentCode) {
+		t.Fatal("the probe's write undid the other writer's: the consumed grant is forgotten")
+	}
+	if st.Token.RefreshToken != rt {
+		t.Fatal("the token changed")
+	}
+	// The probe runs again soon and its result is stored then.
+	h.r.Providers[tokensv1alpha1.ProviderAmoCRM] = h.r.Providers[tokensv1alpha1.ProviderAmoCRM].(*probeHook).Provider
+	h.reconcile()
+	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonTokenValid)
+	if !h.state().hasConsumed(spentCode) {
+		t.Fatal("the consumed grant was forgotten by the next probe")
+	}
+}
+
 // TestLosingRefresherNeverHalts: two reconcilers decide to refresh the same
 // pair; the one that loses must neither spend the old refresh token nor halt
 // the token.
