@@ -56,16 +56,18 @@ func (r *ManagedTokenReconciler) execute(ctx context.Context, in *inputs, p plan
 		// First store a pair the provider issued (load sets no pending pair
 		// when the state Secret itself is the problem).
 		return r.storePending(ctx, in)
+	case in.restore != nil:
+		// The state Secret was deleted: write what we know again rather
+		// than lose the refresh token, before anything else (a problem with
+		// the credentials, an authorization request the lost state had
+		// recorded: TestDeletedStateRestoredBeforeAuthorizationRequest).
+		return r.commit(ctx, in, nil, "", *in.restore, outcome{state: *in.restore})
 	case in.problem != nil && in.authzRequest != "" && !in.stateBroken:
 		// A token that cannot be obtained from the credentials is exactly
 		// what an authorization request is for.
 		return r.acceptAuthorization(ctx, in)
 	case in.problem != nil:
 		return out
-	case in.restore != nil:
-		// The state Secret was deleted: write what we know again rather
-		// than lose the refresh token. Nothing else happens this run.
-		return r.commit(ctx, in, nil, "", *in.restore, outcome{state: *in.restore})
 	case in.record.adopt:
 		// A state Secret of an earlier ManagedToken of this name: adopt it
 		// (and resume from its pair) before anything else.

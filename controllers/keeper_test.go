@@ -336,3 +336,51 @@ func TestRecreatedManagedTokenResumesFromPendingPair(t *testing.T) {
 		})
 	}
 }
+
+// TestDeletedStateRestoredBeforeAuthorizationRequest: the state Secret and
+// the credentials Secret are deleted together (kubectl delete secret --all)
+// on a token that was once authorized with kubectl tokenkeeper authorize,
+// whose request annotation stays. The state Secret must be written again
+// from memory with its token, not created afresh for the old request
+// (which would forget the pair and later replay the consumed grant).
+func TestDeletedStateRestoredBeforeAuthorizationRequest(t *testing.T) {
+	h := newHarness(t, amocrmfake.Options{AccessTokenTTL: 24 * time.Hour})
+	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
+	h.createAmoMT("")
+	h.reconcile()
+	h.r.ConsentURL = testConsentURL(h.amoURL, h.fbURL)
+	_, hash, _ := authz.NewState()
+	setAnnotation(t, h.get(), tokensv1alpha1.AuthorizeRequestAnnotation, hash)
+	h.reconcile()
+	if a := h.state().Authorization; a == nil {
+		t.Fatal("the authorization request was not recorded")
+	}
+	rt := h.state().Token.RefreshToken
+	original := string(h.secret("amocrm-oauth").Data["refresh_token"])
+
+	for _, name := range []string{stateSecretName("crm"), "amocrm-oauth"} {
+		if err := k8sClient.Delete(h.ctx, h.secret(name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.reconcile()
+	if st := h.state(); st.Token == nil || st.Token.RefreshToken != rt || !h.amo.RefreshTokenLive(rt) {
+		t.Fatal("the deleted state Secret was not written again with its token")
+	}
+	h.reconcile()
+	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionFalse, ReasonCredentialsSecretNotFound)
+
+	// The credentials come back, with the grant that was spent long ago:
+	// the token resumes from the stored pair.
+	h.amoCreds(map[string]string{"refresh_token": original})
+	h.reconcile()
+	h.advancePastNextRefresh()
+	h.reconcile()
+	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonTokenValid)
+	if st := h.state(); st.Token.RefreshToken != h.amo.CurrentRefreshToken() || st.Token.RefreshToken == rt {
+		t.Fatal("the token did not go on from the restored pair")
+	}
+	if n := h.amo.ReusedRefreshTokens(); n != 0 {
+		t.Fatalf("%d refresh tokens reused", n)
+	}
+}
