@@ -425,6 +425,12 @@ func checkFresh(in *inputs, cb callbackGrant, name string) *callback.Result {
 	case in.problem != nil:
 		return &callback.Result{Outcome: callback.ProviderError, ManagedToken: name, Message: "the code was not exchanged: " + in.problem.message}
 	}
+	if in.record.state.hasConsumed(fingerprint(grantAuthorizationCode, cb.code)) {
+		// Spent on this token already: an unsolicited code (no request to
+		// mark used) delivered again, or a reload that waited for the first
+		// exchange (TestAuthorizeUnsolicitedDeliveredManyTimes).
+		return &callback.Result{Outcome: callback.Replayed, ManagedToken: name, Message: replayedMessage}
+	}
 	if cb.hash == "" {
 		return nil
 	}

@@ -674,6 +674,40 @@ func TestAuthorizeConcurrentCallbacks(t *testing.T) {
 	e.waitReady("crm")
 }
 
+// TestAuthorizeUnsolicitedDeliveredManyTimes: an unsolicited AmoCRM code
+// (no state, so no request to mark used) delivered many times at once, a
+// browser reloading the install page, say, is exchanged once: a code
+// already spent on this token is refused as replayed.
+func TestAuthorizeUnsolicitedDeliveredManyTimes(t *testing.T) {
+	e := newAuthzEnv(t)
+	e.amoMT("crm", true)
+	eventually(t, "crm waiting", 20*time.Second, func() bool { return waitingForAuthorization(e.get("crm")) && len(e.get("crm").Status.Conditions) > 0 })
+	url := e.amo.UnsolicitedCallbackURL()
+	var wg sync.WaitGroup
+	statuses := make([]int, 8)
+	for i := range statuses {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			statuses[i] = fetch(t, url).status
+		}()
+	}
+	wg.Wait()
+	e.waitReady("crm")
+	if p := fetch(t, url); p.status == http.StatusOK {
+		t.Fatalf("the same code once more after Ready: %d\n%s", p.status, p.body)
+	}
+	ok := 0
+	for _, s := range statuses {
+		if s == http.StatusOK {
+			ok++
+		}
+	}
+	if ok != 1 || e.amo.Calls(amocrm.OpAuthorizationCode) != 1 {
+		t.Fatalf("statuses %v, %d exchanges; want exactly one of each", statuses, e.amo.Calls(amocrm.OpAuthorizationCode))
+	}
+}
+
 // TestAuthorizeFacebook: authorize → login dialog → callback → Ready: the
 // code is exchanged once for a user token, which becomes the long-lived
 // one; the page is free of secrets; a replay is refused.
