@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/tokenkeeper/tokenkeeper/internal/provider"
@@ -395,25 +396,38 @@ func (r *ManagedTokenReconciler) storePending(ctx context.Context, in *inputs) o
 			return outcome{state: last, stored: true, obtained: true}
 		}
 	}
-	rv := in.record.rv
-	if sec, err := readStateSecret(ctx, r.APIReader, in.mt); err == nil {
-		if fresh, problem := parseStateSecret(sec, in.mt); problem == nil {
-			rv = fresh.rv
-			if same := samePair(fresh.state, e.state); same || newerPair(fresh.state, e.state) {
-				mem.stored(in.key, in.mt.UID, fresh.state)
-				return outcome{state: fresh.state, rv: fresh.rv, stored: true, obtained: same}
-			}
+	// Written only on top of a state read just now: the cache's may be
+	// older than a pair stored meanwhile elsewhere (a callback on another
+	// replica), which this older pair must not overwrite
+	// (TestPendingPairNotWrittenBlind).
+	var newRV string
+	sec, err := readStateSecret(ctx, r.APIReader, in.mt)
+	if err == nil {
+		fresh, problem := parseStateSecret(sec, in.mt)
+		if problem != nil {
+			// Not a Secret this pair may be written to (see parseStateSecret).
+			return r.keepPending(ctx, in.key, e, errors.New(problem.message))
 		}
+		if same := samePair(fresh.state, e.state); same || newerPair(fresh.state, e.state) {
+			mem.stored(in.key, in.mt.UID, fresh.state)
+			return outcome{state: fresh.state, rv: fresh.rv, stored: true, obtained: same}
+		}
+		newRV, err = r.saveState(ctx, in.mt, fresh.rv, e.state)
 	}
-	newRV, err := r.saveState(ctx, in.mt, rv, e.state)
 	if err != nil {
-		e.attempts++
-		mem.setPending(in.key, e)
-		log.FromContext(ctx).Error(err, "new token still not stored; provider calls paused for this token", "attempt", e.attempts)
-		return outcome{state: e.state, stored: false, storeErr: err}
+		return r.keepPending(ctx, in.key, e, err)
 	}
 	mem.stored(in.key, in.mt.UID, e.state)
 	return outcome{state: e.state, rv: newRV, stored: true, obtained: true}
+}
+
+// keepPending keeps a pair that could not be stored in memory, to be tried
+// again.
+func (r *ManagedTokenReconciler) keepPending(ctx context.Context, key types.NamespacedName, e memEntry, err error) outcome {
+	e.attempts++
+	r.memory().setPending(key, e)
+	log.FromContext(ctx).Error(err, "new token still not stored; provider calls paused for this token", "attempt", e.attempts)
+	return outcome{state: e.state, stored: false, storeErr: err}
 }
 
 // samePair reports whether both states hold the same token.

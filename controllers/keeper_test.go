@@ -13,6 +13,8 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 
 	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
@@ -382,5 +384,69 @@ func TestDeletedStateRestoredBeforeAuthorizationRequest(t *testing.T) {
 	}
 	if n := h.amo.ReusedRefreshTokens(); n != 0 {
 		t.Fatalf("%d refresh tokens reused", n)
+	}
+}
+
+// stateReadFailing fails every Get of a state Secret.
+type stateReadFailing struct{ client.Reader }
+
+func (r stateReadFailing) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	if strings.HasPrefix(key.Name, stateNamePrefix) {
+		return fmt.Errorf("injected: the API server is unreachable")
+	}
+	return r.Reader.Get(ctx, key, obj, opts...)
+}
+
+// TestPendingPairNotWrittenBlind: a pair this process could not store is
+// retried, but the state Secret meanwhile holds a newer pair (stored by
+// another replica's authorization callback, say). When the fresh read of
+// the state Secret fails, the retry must not write the older pair over it
+// on the strength of what the cache showed.
+func TestPendingPairNotWrittenBlind(t *testing.T) {
+	h := newHarness(t, amocrmfake.Options{AccessTokenTTL: 24 * time.Hour})
+	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
+	h.createAmoMT("")
+	h.reconcile()
+	h.r.SpendTimeout = 300 * time.Millisecond
+	h.client.skipStateWrites.Store(1) // the intent
+	h.client.failStateWrites.Store(1000)
+	h.advancePastNextRefresh()
+	h.reconcile()
+	if len(h.r.memory().pendingEntries()) != 1 {
+		t.Fatal("no pair pending")
+	}
+	h.client.failStateWrites.Store(0)
+
+	// A newer pair is stored elsewhere.
+	sec := h.secret(stateSecretName("crm"))
+	st, err := decodeState(sec.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newer := *st.Token
+	newer.RefreshToken, newer.ObtainedAt = h.amo.IssueRefreshToken(), h.clk.Now().Add(time.Minute)
+	st.Token, st.Intent = &newer, nil
+	sec.Data = encodeState(st)
+	if err := k8sClient.Update(h.ctx, sec); err != nil {
+		t.Fatal(err)
+	}
+
+	h.r.APIReader = stateReadFailing{k8sClient}
+	h.r.storeKept(h.ctx, 0)
+	if _, err := h.r.Reconcile(h.ctx, ctrl.Request{NamespacedName: h.key()}); err != nil {
+		t.Logf("reconcile: %v", err)
+	}
+	if got := h.state().Token.RefreshToken; got != newer.RefreshToken {
+		t.Fatal("the older pending pair was written over the newer stored one")
+	}
+	// Once the state Secret can be read again, the pending pair is found
+	// older and dropped, and the newer one stays.
+	h.r.APIReader = k8sClient
+	h.reconcile()
+	if got := h.state().Token.RefreshToken; got != newer.RefreshToken {
+		t.Fatal("the older pending pair was written over the newer stored one")
+	}
+	if n := len(h.r.memory().pendingEntries()); n != 0 {
+		t.Fatalf("%d pairs still pending", n)
 	}
 }
