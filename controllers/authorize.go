@@ -375,7 +375,7 @@ func (r *ManagedTokenReconciler) exchange(ctx context.Context, key types.Namespa
 		if refusal := checkFresh(in, cb, name); refusal != nil {
 			return *refusal
 		}
-		if i := in.record.state.Intent; i != nil && in.now.Before(i.Deadline) {
+		if i := in.record.state.Intent; i != nil && in.now.Before(i.Deadline.Add(in.intentGrace)) {
 			// Another spend of this token is in flight (a refresh): let it
 			// end and be stored, then spend the code on top of its outcome.
 			if time.Now().After(waitUntil) || sleepCtx(ctx, 250*time.Millisecond) != nil {

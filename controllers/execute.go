@@ -118,7 +118,11 @@ func (r *ManagedTokenReconciler) spend(ctx context.Context, in *inputs, p plan) 
 		return out
 	}
 	base := in.record.state
-	intent := &spendIntent{Started: in.now, Deadline: in.now.Add(r.spendTimeout()), Request: in.forceRequest()}
+	// The deadline counts from now, not from when the inputs were loaded
+	// (which may have waited for a cache): the critical section below runs
+	// for up to the spend timeout after the intent is written, and the
+	// intent must not look expired to others before it ends.
+	intent := &spendIntent{Started: in.now, Deadline: r.Clock.Now().Add(r.spendTimeout()), Request: in.forceRequest()}
 	var grantFP string
 	if p.Action == actionBootstrap {
 		intent.Op = opBootstrap

@@ -329,3 +329,33 @@ func TestLosingRefresherNeverHalts(t *testing.T) {
 		t.Fatal("a lost race halted the token or reused a refresh token")
 	}
 }
+
+// TestIntentDeadlineCountsFromItsWrite: loading the inputs may wait (for
+// the credentials watch to sync after a restart, up to 20s). The intent's
+// deadline counts from its write, not from the load, so it does not look
+// expired to another spender while the spend, which may run for the spend
+// timeout after the write, is still in flight.
+func TestIntentDeadlineCountsFromItsWrite(t *testing.T) {
+	h := newReadyAmoCRM(t)
+	h.advancePastNextRefresh()
+	const loadWait = 20 * time.Second
+	h.r.CredentialsVersion = func(context.Context, string, string) (string, bool) {
+		h.clk.Step(loadWait) // the lookup waited this long
+		return "", false
+	}
+	var seen *spendIntent
+	var writtenAt time.Time
+	h.wrapAmo(func(p *hookProvider) {
+		p.before = func() {
+			seen, writtenAt = h.state().Intent, h.clk.Now()
+		}
+	})
+	h.reconcile()
+	if seen == nil {
+		t.Fatal("no intent stored during the spend")
+	}
+	if want := writtenAt.Add(h.r.spendTimeout()); seen.Deadline.Before(want) {
+		t.Fatalf("intent deadline %s, want at least %s (spend timeout after the write; the load waited %s)", seen.Deadline, want, loadWait)
+	}
+	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonTokenValid)
+}
