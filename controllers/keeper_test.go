@@ -33,14 +33,7 @@ import (
 func TestKeeperStoresCallbackPairWithoutReconcile(t *testing.T) {
 	for _, when := range []string{"while running", "when stopping", "racing a reconcile"} {
 		t.Run(when, func(t *testing.T) {
-			h := newHarness(t, amocrmfake.Options{})
-			h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
-			h.createAmoMT("")
-			h.reconcile()
-			h.r.ConsentURL = testConsentURL(h.amoURL, h.fbURL)
-			state, hash, _ := authz.NewState()
-			setAnnotation(t, h.get(), tokensv1alpha1.AuthorizeRequestAnnotation, hash)
-			h.reconcile()
+			h, state := readyWithAuthorizationRequest(t, amocrmfake.Options{})
 			if a := h.get().Status.Authorization; a == nil || a.Phase != tokensv1alpha1.AuthorizationPending {
 				t.Fatalf("status.authorization = %+v, want Pending", a)
 			}
@@ -346,14 +339,7 @@ func TestRecreatedManagedTokenResumesFromPendingPair(t *testing.T) {
 // from memory with its token, not created afresh for the old request
 // (which would forget the pair and later replay the consumed grant).
 func TestDeletedStateRestoredBeforeAuthorizationRequest(t *testing.T) {
-	h := newHarness(t, amocrmfake.Options{AccessTokenTTL: 24 * time.Hour})
-	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
-	h.createAmoMT("")
-	h.reconcile()
-	h.r.ConsentURL = testConsentURL(h.amoURL, h.fbURL)
-	_, hash, _ := authz.NewState()
-	setAnnotation(t, h.get(), tokensv1alpha1.AuthorizeRequestAnnotation, hash)
-	h.reconcile()
+	h, _ := readyWithAuthorizationRequest(t, amocrmfake.Options{AccessTokenTTL: 24 * time.Hour})
 	if a := h.state().Authorization; a == nil {
 		t.Fatal("the authorization request was not recorded")
 	}
@@ -449,4 +435,23 @@ func TestPendingPairNotWrittenBlind(t *testing.T) {
 	if n := len(h.r.memory().pendingEntries()); n != 0 {
 		t.Fatalf("%d pairs still pending", n)
 	}
+}
+
+// readyWithAuthorizationRequest returns a harness with a Ready AmoCRM
+// ManagedToken on which an authorization request (kubectl tokenkeeper
+// authorize) was then accepted, and that request's state.
+func readyWithAuthorizationRequest(t *testing.T, opts amocrmfake.Options) (*harness, string) {
+	t.Helper()
+	h := newHarness(t, opts)
+	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
+	h.createAmoMT("")
+	h.reconcile()
+	h.r.ConsentURL = testConsentURL(h.amoURL, h.fbURL)
+	state, hash, err := authz.NewState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	setAnnotation(t, h.get(), tokensv1alpha1.AuthorizeRequestAnnotation, hash)
+	h.reconcile()
+	return h, state
 }
