@@ -220,6 +220,24 @@ func (w *CredentialsWatch) watch(ns string) {
 	logger.V(1).Info("watching credentials Secrets")
 }
 
+// waitSynced reports whether the watch has synced, waiting for it until
+// deadline at most.
+func (nw *namespaceWatch) waitSynced(ctx context.Context, deadline time.Time) bool {
+	select {
+	case <-nw.synced:
+		return true
+	default:
+	}
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	select {
+	case <-nw.synced:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
 // startOnly hides a source's WaitForSync from the controller. A controller
 // waits for every source registered before it starts to sync, and fails
 // (stopping the manager) when one does not within its cache sync timeout:
@@ -286,22 +304,8 @@ func (w *CredentialsWatch) ResourceVersion(ctx context.Context, ns, name string)
 	if wait <= 0 {
 		wait = credentialsSyncWait
 	}
-	select {
-	case <-nw.synced:
-	default:
-		left := time.Until(nw.started.Add(wait))
-		if left <= 0 {
-			return "", false
-		}
-		t := time.NewTimer(left)
-		defer t.Stop()
-		select {
-		case <-nw.synced:
-		case <-t.C:
-			return "", false
-		case <-ctx.Done():
-			return "", false
-		}
+	if !nw.waitSynced(ctx, nw.started.Add(wait)) {
+		return "", false
 	}
 	m := &metav1.PartialObjectMetadata{}
 	m.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Secret"))
