@@ -80,6 +80,17 @@ type flakyClient struct {
 	// with the Secret's role ("state" or "output"): crash-point tests kill
 	// or cancel the manager there.
 	afterWrite func(role string)
+	// beforeWrite, when set, is called before each Secret write with the
+	// Secret's role: race tests let another writer in there.
+	beforeWrite func(role string)
+}
+
+func (f *flakyClient) writing(obj client.Object) {
+	if f.beforeWrite != nil {
+		if s, ok := obj.(*corev1.Secret); ok {
+			f.beforeWrite(s.Labels[tokensv1alpha1.SecretRoleLabel])
+		}
+	}
 }
 
 func (f *flakyClient) wrote(obj client.Object) {
@@ -127,6 +138,7 @@ func (f *flakyClient) failing(obj client.Object) bool {
 }
 
 func (f *flakyClient) Create(ctx context.Context, obj client.Object, opts ...client.CreateOption) error {
+	f.writing(obj)
 	if f.failing(obj) {
 		return apierrors.NewServiceUnavailable("injected state write failure")
 	}
@@ -138,6 +150,7 @@ func (f *flakyClient) Create(ctx context.Context, obj client.Object, opts ...cli
 }
 
 func (f *flakyClient) Update(ctx context.Context, obj client.Object, opts ...client.UpdateOption) error {
+	f.writing(obj)
 	if f.failing(obj) {
 		return apierrors.NewServiceUnavailable("injected state write failure")
 	}

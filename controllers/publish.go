@@ -49,7 +49,11 @@ type published struct {
 	tokenChanged bool
 	// problem: the output Secret belongs to someone else.
 	problem *stateProblem
-	err     error
+	// superseded: the output Secret holds a token obtained later than the
+	// one this run would publish, or changed since it was read, so it was
+	// left alone and the run looks again soon.
+	superseded bool
+	err        error
 }
 
 // publish writes the stored token into the output Secret, restoring it when
@@ -84,6 +88,7 @@ func (r *ManagedTokenReconciler) writeOutput(ctx context.Context, mt *tokensv1al
 		if err := ctrl.SetControllerReference(mt, sec, r.Scheme); err != nil {
 			return published{err: err}
 		}
+		stampObtainedAt(sec.Annotations, t)
 		err = r.Create(ctx, sec)
 		if err == nil {
 			return published{} // a first publish restarts nobody
@@ -114,18 +119,55 @@ func (r *ManagedTokenReconciler) writeOutput(ctx context.Context, mt *tokensv1al
 		return published{problem: &stateProblem{ReasonSecretNotOwned, fmt.Sprintf(
 			"Secret %q already exists and is not managed by this ManagedToken; the operator will not touch it: delete it, or choose another spec.secretName", key.Name)}}
 	}
+	if publishedLater(cur, t) {
+		// A run that loaded an older state (racing a callback or a second
+		// manager that refreshed meanwhile) must not put its token back
+		// over the newer one. The state Secret watch brings this
+		// ManagedToken back with the newer state. The update below carries
+		// the resourceVersion read here, so a newer publish this run has not
+		// seen makes it conflict instead of landing.
+		// TestStaleRunDoesNotOverwriteNewerToken covers both.
+		log.FromContext(ctx).V(1).Info("output Secret holds a token obtained later; leaving it", "secret", key.Name)
+		return published{superseded: true}
+	}
 	changed := !sameData(cur.Data, data) || cur.Type != corev1.SecretTypeOpaque
 	pub := published{tokenChanged: string(cur.Data[tokensv1alpha1.OutputAccessTokenKey]) != t.Published()}
 	newLabels, newAnn := mergeInto(cur.Labels, labels), mergeInto(cur.Annotations, annotations)
+	if changed {
+		// Stamped only with new data, so that Secrets written before the
+		// annotation existed cost no write until the token changes.
+		stampObtainedAt(newAnn, t)
+	}
 	if !adopted && !changed && maps.Equal(newLabels, cur.Labels) && maps.Equal(newAnn, cur.Annotations) {
 		return pub
 	}
 	cur.Labels, cur.Annotations, cur.Data = newLabels, newAnn, data
-	if err := r.Update(ctx, cur); err != nil {
+	if err := r.Update(ctx, cur); apierrors.IsConflict(err) {
+		log.FromContext(ctx).V(1).Info("output Secret changed since it was read; looking again", "secret", key.Name)
+		return published{superseded: true}
+	} else if err != nil {
 		return published{err: fmt.Errorf("updating output Secret %s: %w", key.Name, err)}
 	}
 	log.FromContext(ctx).Info("output Secret updated", "secret", key.Name, "tokenChanged", pub.tokenChanged)
 	return pub
+}
+
+// stampObtainedAt records in ann when t was obtained.
+func stampObtainedAt(ann map[string]string, t *provider.Token) {
+	if !t.ObtainedAt.IsZero() {
+		ann[tokensv1alpha1.ObtainedAtAnnotation] = t.ObtainedAt.UTC().Format(time.RFC3339Nano)
+	}
+}
+
+// publishedLater reports whether sec holds another token, obtained after t
+// (the order newerPair uses for stored pairs).
+func publishedLater(sec *corev1.Secret, t *provider.Token) bool {
+	v, ok := sec.Annotations[tokensv1alpha1.ObtainedAtAnnotation]
+	if !ok || t.ObtainedAt.IsZero() || string(sec.Data[tokensv1alpha1.OutputAccessTokenKey]) == t.Published() {
+		return false
+	}
+	at, err := time.Parse(time.RFC3339Nano, v)
+	return err == nil && at.After(t.ObtainedAt)
 }
 
 // previousIncarnation reports whether sec is the output Secret of an

@@ -5,10 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	clocktesting "k8s.io/utils/clock/testing"
 	ctrl "sigs.k8s.io/controller-runtime"
 
 	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
@@ -327,6 +330,118 @@ func TestLosingRefresherNeverHalts(t *testing.T) {
 	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonTokenValid)
 	if h.get().Status.HaltedInputs != "" || h.amo.ReusedRefreshTokens() != 0 {
 		t.Fatal("a lost race halted the token or reused a refresh token")
+	}
+}
+
+// TestStaleRunDoesNotOverwriteNewerToken: a run that probed (and stored
+// what the probe learned) ends by publishing the token it loaded and
+// projecting status from it. If another writer (a second manager, a
+// callback on another replica) refreshed meanwhile, both are older than
+// what is in place. The output Secret records when its token was obtained,
+// so the older token is not published over the newer one, whether the
+// newer one was there when the run read the output Secret or arrived
+// between that read and the write (the write carries the resourceVersion
+// read). The status write carries the resourceVersion the run loaded, so
+// it conflicts instead of landing. The run looks again soon, reports no
+// transition it did not write, and its next run shows the newer token.
+func TestStaleRunDoesNotOverwriteNewerToken(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// duringPublish: the other manager refreshes between the stale
+		// run's read of the output Secret and its write.
+		duringPublish bool
+	}{{"before the publish", false}, {"between read and write", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newReadyAmoCRM(t)
+			refreshAt := h.get().Status.NextRefreshTime.Add(time.Second)
+			h.clk.Step(3 * time.Hour) // a check is due, a refresh is not
+			h.r.Providers[tokensv1alpha1.ProviderAmoCRM] = &probeHook{Provider: h.r.Providers[tokensv1alpha1.ProviderAmoCRM]}
+			in, err := h.r.load(h.ctx, h.key())
+			if err != nil {
+				t.Fatal(err)
+			}
+			older := string(h.output().Data[tokensv1alpha1.OutputAccessTokenKey])
+			out := h.r.execute(h.ctx, in, decide(in.decisionInput()))
+			if !out.checked || !out.stored {
+				t.Fatalf("the probe did not run and store: %+v", out)
+			}
+
+			// Another manager, whose clock says a refresh is due, rotates.
+			otherClk := clocktesting.NewFakeClock(refreshAt)
+			other := &ManagedTokenReconciler{Client: k8sClient, APIReader: k8sClient, Scheme: scheme, Recorder: &eventLog{}, Clock: otherClk,
+				Providers: map[tokensv1alpha1.Provider]provider.Provider{
+					tokensv1alpha1.ProviderAmoCRM: amocrm.New(amocrm.Options{BaseURL: h.amoURL, Clock: otherClk, RequestsPerSecond: 1000})}}
+			var newer string // the token the other manager published
+			rotate := func() {
+				if _, err := other.Reconcile(h.ctx, ctrl.Request{NamespacedName: h.key()}); err != nil {
+					t.Fatal(err)
+				}
+				newer = string(h.output().Data[tokensv1alpha1.OutputAccessTokenKey])
+			}
+			if tc.duringPublish {
+				// The probe's scopes change nothing the output holds: make
+				// the stale run's publish a write, as if a user had edited
+				// the output Secret before the other manager rotated.
+				sec := h.output()
+				sec.Data[tokensv1alpha1.OutputAccessTokenKey] = []byte("edited")
+				if err := k8sClient.Update(h.ctx, sec); err != nil {
+					t.Fatal(err)
+				}
+				var once sync.Once
+				h.client.beforeWrite = func(role string) {
+					if role == roleOutput {
+						once.Do(rotate)
+					}
+				}
+			} else {
+				rotate()
+			}
+			events := len(h.events.all())
+
+			pub := h.r.publish(h.ctx, in, out)
+			h.client.beforeWrite = nil
+			won := h.get().Status
+			if won.LastRefreshTime == nil || won.LastRefreshTime.Equal(in.mt.Status.LastRefreshTime) {
+				t.Fatal("the other manager did not refresh")
+			}
+			if newer == older || newer == "edited" {
+				t.Fatal("the other manager did not publish")
+			}
+			if got := string(h.output().Data[tokensv1alpha1.OutputAccessTokenKey]); got != newer {
+				t.Fatal("the stale run published its older token over the newer one")
+			}
+			if !pub.superseded || pub.err != nil {
+				t.Fatalf("the stale run must see the newer token and look again: %+v", pub)
+			}
+			status := projectStatus(in, out, pub)
+			if equality.Semantic.DeepEqual(status, in.mt.Status) {
+				t.Fatal("the stale run has nothing to write; the test proves nothing")
+			}
+			res, err := h.r.finish(h.ctx, in, out, pub, status)
+			if err != nil {
+				t.Fatalf("a lost race is not an error: %v", err)
+			}
+			if res.RequeueAfter != minWake {
+				t.Fatalf("the stale run must look again soon, not after %v", res.RequeueAfter)
+			}
+			if got := string(h.output().Data[tokensv1alpha1.OutputAccessTokenKey]); got != newer {
+				t.Fatal("the stale run published its older token over the newer one")
+			}
+			if got := h.get().Status; !equality.Semantic.DeepEqual(got, won) {
+				t.Fatalf("the stale run overwrote the newer status:\nnewer %+v\nnow   %+v", won, got)
+			}
+			if n := len(h.events.all()); n != events {
+				t.Fatalf("the stale run reported %d transitions it did not write", n-events)
+			}
+			h.reconcile()
+			if got := h.get().Status; !got.ExpirationTimestamp.Equal(won.ExpirationTimestamp) {
+				t.Fatal("the next run does not show the newer token")
+			}
+			if got := string(h.output().Data[tokensv1alpha1.OutputAccessTokenKey]); got != newer {
+				t.Fatal("the next run changed the published token")
+			}
+			h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonTokenValid)
+		})
 	}
 }
 

@@ -7,10 +7,12 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
 	"github.com/tokenkeeper/tokenkeeper/internal/provider"
@@ -23,27 +25,50 @@ const haltSuffix = " The operator will not call the provider again for this toke
 // finish writes the status once (only when it changed), emits events for
 // transitions and new tokens, and returns when to look again: the plan of
 // the state this run ends with.
+//
+// The status write carries the resourceVersion the run loaded (optimistic
+// concurrency): a run that lost a race to another writer (a callback on
+// another replica, a second manager) never puts its older projection over
+// the newer one; it looks again soon instead, and reports no transition it
+// did not write. TestStaleRunDoesNotOverwriteNewerToken fails without it.
 func (r *ManagedTokenReconciler) finish(ctx context.Context, in *inputs, out outcome, pub published, status tokensv1alpha1.ManagedTokenStatus) (ctrl.Result, error) {
-	r.emitEvents(in, out, status)
-	if !equality.Semantic.DeepEqual(in.mt.Status, status) {
-		after := in.mt.DeepCopy()
-		after.Status = status
-		if err := r.Status().Patch(ctx, after, client.MergeFrom(in.mt)); err != nil {
-			return ctrl.Result{}, errors.Join(pub.err, err)
-		}
-		r.memory().wroteStatus(in.key, in.mt.UID, in.mt.ResourceVersion, status)
-	}
-	if pub.err != nil {
+	written, err := r.writeStatus(ctx, in, status)
+	r.emitEvents(in, out, written)
+	switch {
+	case apierrors.IsConflict(err) && pub.err == nil:
+		log.FromContext(ctx).V(1).Info("the ManagedToken changed since this run loaded it; looking again")
+		return ctrl.Result{RequeueAfter: minWake}, nil
+	case err != nil:
+		return ctrl.Result{}, errors.Join(pub.err, err)
+	case pub.err != nil:
 		return ctrl.Result{}, pub.err
 	}
-	return ctrl.Result{RequeueAfter: wakeAfterRun(in, out, status)}, nil
+	return ctrl.Result{RequeueAfter: wakeAfterRun(in, out, pub, status)}, nil
 }
 
-// wakeAfterRun is when to reconcile again: soon after a conflict, with
-// back-off while a pair is not stored, else the plan of the new state.
-func wakeAfterRun(in *inputs, out outcome, status tokensv1alpha1.ManagedTokenStatus) time.Duration {
+// writeStatus patches the status when it changed, on the condition that
+// the ManagedToken is still at the resourceVersion the run loaded. It
+// returns the status the ManagedToken has now as far as this run knows:
+// the new one, or the loaded one when the write failed.
+func (r *ManagedTokenReconciler) writeStatus(ctx context.Context, in *inputs, status tokensv1alpha1.ManagedTokenStatus) (tokensv1alpha1.ManagedTokenStatus, error) {
+	if equality.Semantic.DeepEqual(in.mt.Status, status) {
+		return status, nil
+	}
+	after := in.mt.DeepCopy()
+	after.Status = status
+	if err := r.Status().Patch(ctx, after, client.MergeFromWithOptions(in.mt, client.MergeFromWithOptimisticLock{})); err != nil {
+		return in.mt.Status, err
+	}
+	r.memory().wroteStatus(in.key, in.mt.UID, in.mt.ResourceVersion, after.ResourceVersion, status)
+	return status, nil
+}
+
+// wakeAfterRun is when to reconcile again: soon after a conflict or when a
+// newer token was found published, with back-off while a pair is not
+// stored, else the plan of the new state.
+func wakeAfterRun(in *inputs, out outcome, pub published, status tokensv1alpha1.ManagedTokenStatus) time.Duration {
 	switch {
-	case out.conflict:
+	case out.conflict, pub.superseded:
 		return minWake
 	case !out.stored:
 		attempts := int32(1)

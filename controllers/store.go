@@ -164,9 +164,9 @@ type memory struct {
 }
 
 type writtenStatus struct {
-	uid    types.UID
-	before string
-	status tokensv1alpha1.ManagedTokenStatus
+	uid           types.UID
+	before, after string // resourceVersions around the write
+	status        tokensv1alpha1.ManagedTokenStatus
 }
 
 type memEntry struct {
@@ -230,21 +230,25 @@ func (m *memory) pendingEntries() map[types.NamespacedName]memEntry {
 	return maps.Clone(m.pending)
 }
 
-// wroteStatus records a status write made on top of resourceVersion before.
-func (m *memory) wroteStatus(key types.NamespacedName, uid types.UID, before string, st tokensv1alpha1.ManagedTokenStatus) {
+// wroteStatus records a status write that took the ManagedToken from
+// resourceVersion before to after.
+func (m *memory) wroteStatus(key types.NamespacedName, uid types.UID, before, after string, st tokensv1alpha1.ManagedTokenStatus) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.written[key] = writtenStatus{uid: uid, before: before, status: *st.DeepCopy()}
+	m.written[key] = writtenStatus{uid: uid, before: before, after: after, status: *st.DeepCopy()}
 }
 
-// catchUp replaces mt's status by the one this process wrote when the cache
-// has not seen that write yet, so a reconcile right after it neither writes
-// the same status again nor reports the same transition twice.
+// catchUp replaces mt's status and resourceVersion by those of the status
+// write this process made when the cache has not seen that write yet, so a
+// reconcile right after it neither writes the same status again nor reports
+// the same transition twice, and its next status write (which carries the
+// resourceVersion) does not conflict with this process's own last one.
 func (m *memory) catchUp(key types.NamespacedName, mt *tokensv1alpha1.ManagedToken) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if w, ok := m.written[key]; ok && w.uid == mt.UID && w.before == mt.ResourceVersion {
 		mt.Status = *w.status.DeepCopy()
+		mt.ResourceVersion = w.after
 	}
 }
 

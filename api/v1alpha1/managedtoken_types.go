@@ -35,6 +35,10 @@ const (
 	// RestartedAtAnnotation is set on a rollout restart target's pod template
 	// when the published token changes.
 	RestartedAtAnnotation = "tokens.tokenkeeper.dev/restartedAt"
+	// ObtainedAtAnnotation on an output Secret is when the published token
+	// was obtained (RFC 3339). The operator never replaces a published
+	// token with one obtained earlier.
+	ObtainedAtAnnotation = "tokens.tokenkeeper.dev/obtained-at"
 
 	// Keys of the output Secret.
 	OutputAccessTokenKey = "access_token"
