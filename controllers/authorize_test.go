@@ -797,7 +797,8 @@ func TestAuthorizationRequestFailsClearly(t *testing.T) {
 
 // TestCallbackWaitsForSpendInFlight: a callback that finds a live spend
 // intent (a refresh of the same token in flight) spends nothing while it is
-// live, and spends its code once it is over.
+// live or within the grace after its deadline that reconciles also give it,
+// and spends its code once that is over.
 func TestCallbackWaitsForSpendInFlight(t *testing.T) {
 	h := newHarness(t, amocrmfake.Options{})
 	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
@@ -831,7 +832,17 @@ func TestCallbackWaitsForSpendInFlight(t *testing.T) {
 		t.Fatalf("the request was used up by a callback that spent nothing: %+v", a)
 	}
 
-	// The intent's deadline passes: the same callback now spends the code.
+	// Past the intent's deadline, but within the grace a reconcile gives it
+	// (the spend's store may still be landing): the callback still waits.
+	h.clk.SetTime(st.Intent.Deadline.Add(5 * time.Second))
+	if res := h.r.HandleCallback(h.ctx, p); res.Outcome != callback.NotStored || !strings.Contains(res.Message, "in progress") {
+		t.Fatalf("callback within the intent's grace: %+v", res)
+	}
+	if n := h.amo.Calls(amocrm.OpAuthorizationCode); n != 0 {
+		t.Fatalf("%d code exchanges within the intent's grace", n)
+	}
+
+	// The intent's deadline and grace pass: the same callback now spends the code.
 	h.clk.Step(2 * time.Minute)
 	res = h.r.HandleCallback(h.ctx, p)
 	if res.Outcome != callback.Accepted {

@@ -98,6 +98,8 @@ type Options struct {
 	// RatePerSecond and Burst bound callbacks across all clients; 0 means 5
 	// a second with a burst of 20: a human clicks once, Kommo sends once,
 	// and a flood of forged callbacks must not become a flood of reads.
+	// Not per client, by decision: behind an ingress every request has the
+	// ingress's address, and X-Forwarded-For is whatever the sender wrote.
 	RatePerSecond float64
 	Burst         int
 	// Timeout bounds one callback's handling, the code exchange included
