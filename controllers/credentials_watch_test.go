@@ -151,3 +151,34 @@ func TestCredentialsWatchDoesNotHoldTheController(t *testing.T) {
 		t.Error("the namespace's source is a SyncingSource: a controller starting after it would wait for it to sync")
 	}
 }
+
+// TestCredentialsLookupStartsTheWatch: after a restart the controller can
+// reconcile a namespace's first ManagedToken before the handler that starts
+// the namespace's credentials watch has run. The lookup then starts the
+// watch and answers from it instead of sending the reconcile to a live read.
+func TestCredentialsLookupStartsTheWatch(t *testing.T) {
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Metrics: metricsserver.Options{BindAddress: "0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := NewCredentialsWatch(mgr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ns := newNamespace(t)
+	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "creds", Namespace: ns}, StringData: map[string]string{"k": "v"}}
+	if err := k8sClient.Create(ctx, sec); err != nil {
+		t.Fatal(err)
+	}
+	w.ctx = ctx
+	w.bind(&recordingController{}, handler.TypedEnqueueRequestsFromMapFunc(func(context.Context, *metav1.PartialObjectMetadata) []reconcile.Request { return nil }))
+	rv, ok := w.ResourceVersion(ctx, ns, "creds")
+	if !ok || rv != sec.ResourceVersion {
+		t.Fatalf("lookup in a namespace not watched yet: %q, %v; want %q from the watch", rv, ok, sec.ResourceVersion)
+	}
+	if got := w.namespaces(); len(got) != 1 || got[0] != ns {
+		t.Fatalf("watched namespaces %v, want [%s]", got, ns)
+	}
+}
