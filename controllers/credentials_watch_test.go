@@ -120,13 +120,11 @@ func (c *recordingController) Watch(src source.Source) error {
 	return nil
 }
 
-// TestCredentialsWatchDoesNotHoldTheController: a controller waits for
-// every source registered before it starts to sync, and fails (stopping the
-// manager) when one does not within its cache sync timeout. A namespace's
-// credentials watch that cannot sync must not do that: its source gives the
-// controller nothing to wait for; lookups wait instead, bounded (see
-// TestRestartWhileCredentialsWatchSyncs).
-func TestCredentialsWatchDoesNotHoldTheController(t *testing.T) {
+// newBoundCredentialsWatch returns a CredentialsWatch bound to a
+// controller that records its sources, running until the test ends, without
+// a manager started.
+func newBoundCredentialsWatch(t *testing.T) (*CredentialsWatch, *recordingController, context.Context) {
+	t.Helper()
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Metrics: metricsserver.Options{BindAddress: "0"}})
 	if err != nil {
 		t.Fatal(err)
@@ -136,11 +134,22 @@ func TestCredentialsWatchDoesNotHoldTheController(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	t.Cleanup(cancel)
 	rc := &recordingController{}
 	w.ctx = ctx
-	w.beforeStart = func(ctx context.Context, _ string) { <-ctx.Done() } // never syncs
 	w.bind(rc, handler.TypedEnqueueRequestsFromMapFunc(func(context.Context, *metav1.PartialObjectMetadata) []reconcile.Request { return nil }))
+	return w, rc, ctx
+}
+
+// TestCredentialsWatchDoesNotHoldTheController: a controller waits for
+// every source registered before it starts to sync, and fails (stopping the
+// manager) when one does not within its cache sync timeout. A namespace's
+// credentials watch that cannot sync must not do that: its source gives the
+// controller nothing to wait for; lookups wait instead, bounded (see
+// TestRestartWhileCredentialsWatchSyncs).
+func TestCredentialsWatchDoesNotHoldTheController(t *testing.T) {
+	w, rc, _ := newBoundCredentialsWatch(t)
+	w.beforeStart = func(ctx context.Context, _ string) { <-ctx.Done() } // never syncs
 	w.watch("some-namespace")
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
@@ -157,23 +166,12 @@ func TestCredentialsWatchDoesNotHoldTheController(t *testing.T) {
 // the namespace's credentials watch has run. The lookup then starts the
 // watch and answers from it instead of sending the reconcile to a live read.
 func TestCredentialsLookupStartsTheWatch(t *testing.T) {
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Metrics: metricsserver.Options{BindAddress: "0"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := NewCredentialsWatch(mgr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	w, _, ctx := newBoundCredentialsWatch(t)
 	ns := newNamespace(t)
 	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "creds", Namespace: ns}, StringData: map[string]string{"k": "v"}}
 	if err := k8sClient.Create(ctx, sec); err != nil {
 		t.Fatal(err)
 	}
-	w.ctx = ctx
-	w.bind(&recordingController{}, handler.TypedEnqueueRequestsFromMapFunc(func(context.Context, *metav1.PartialObjectMetadata) []reconcile.Request { return nil }))
 	rv, ok := w.ResourceVersion(ctx, ns, "creds")
 	if !ok || rv != sec.ResourceVersion {
 		t.Fatalf("lookup in a namespace not watched yet: %q, %v; want %q from the watch", rv, ok, sec.ResourceVersion)
