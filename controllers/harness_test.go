@@ -85,19 +85,14 @@ type flakyClient struct {
 	beforeWrite func(role string)
 }
 
-func (f *flakyClient) writing(obj client.Object) {
-	if f.beforeWrite != nil {
-		if s, ok := obj.(*corev1.Secret); ok {
-			f.beforeWrite(s.Labels[tokensv1alpha1.SecretRoleLabel])
-		}
-	}
-}
+func (f *flakyClient) writing(obj client.Object) { callWithRole(f.beforeWrite, obj) }
 
-func (f *flakyClient) wrote(obj client.Object) {
-	if f.afterWrite != nil {
-		if s, ok := obj.(*corev1.Secret); ok {
-			f.afterWrite(s.Labels[tokensv1alpha1.SecretRoleLabel])
-		}
+func (f *flakyClient) wrote(obj client.Object) { callWithRole(f.afterWrite, obj) }
+
+// callWithRole calls hook, when set, with the role of obj if it is a Secret.
+func callWithRole(hook func(role string), obj client.Object) {
+	if s, ok := obj.(*corev1.Secret); ok && hook != nil {
+		hook(s.Labels[tokensv1alpha1.SecretRoleLabel])
 	}
 }
 

@@ -49,9 +49,8 @@ func (r *ManagedTokenReconciler) finish(ctx context.Context, in *inputs, out out
 
 // writeStatus patches the status when it changed, on the condition (for a
 // reconcile) that the ManagedToken is still at the resourceVersion the run
-// loaded. It
-// returns the status the ManagedToken has now as far as this run knows:
-// the new one, or the loaded one when the write failed.
+// loaded. It returns the status the ManagedToken has now as far as this run
+// knows: the new one, or the loaded one when the write failed.
 func (r *ManagedTokenReconciler) writeStatus(ctx context.Context, in *inputs, status tokensv1alpha1.ManagedTokenStatus) (tokensv1alpha1.ManagedTokenStatus, error) {
 	if equality.Semantic.DeepEqual(in.mt.Status, status) {
 		return status, nil
