@@ -156,11 +156,19 @@ type memory struct {
 	// cache still shows that version, the cache has not seen the write.
 	written map[types.NamespacedName]writtenStatus
 	// storing serializes storing a pending pair per ManagedToken: the
-	// reconciler and the keeper may both try.
-	storing map[types.NamespacedName]*sync.Mutex
+	// reconciler and the keeper may both try. An entry lives only while
+	// someone holds or waits for it.
+	storing map[types.NamespacedName]*storeLock
 	// inFlight counts the spends in their critical section (provider call
 	// and store): a stopping keeper waits for them.
 	inFlight int
+}
+
+// storeLock is one ManagedToken's store lock and how many hold or wait
+// for it.
+type storeLock struct {
+	mu    sync.Mutex
+	users int
 }
 
 type writtenStatus struct {
@@ -186,22 +194,31 @@ func newMemory() *memory {
 		last:     map[types.NamespacedName]memEntry{},
 		restarts: map[types.NamespacedName]bool{},
 		written:  map[types.NamespacedName]writtenStatus{},
-		storing:  map[types.NamespacedName]*sync.Mutex{},
+		storing:  map[types.NamespacedName]*storeLock{},
 	}
 }
 
 // lockStore takes the per-ManagedToken lock for storing a pending pair and
-// returns its unlock.
+// returns its unlock. The last user's unlock removes the lock, so locks of
+// deleted ManagedTokens do not pile up (TestStoreLocksAreReleased).
 func (m *memory) lockStore(key types.NamespacedName) func() {
 	m.mu.Lock()
 	l := m.storing[key]
 	if l == nil {
-		l = &sync.Mutex{}
+		l = &storeLock{}
 		m.storing[key] = l
 	}
+	l.users++
 	m.mu.Unlock()
-	l.Lock()
-	return l.Unlock
+	l.mu.Lock()
+	return func() {
+		l.mu.Unlock()
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if l.users--; l.users == 0 {
+			delete(m.storing, key)
+		}
+	}
 }
 
 // spending marks a spend in its critical section and returns its end.
