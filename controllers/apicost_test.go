@@ -20,6 +20,7 @@ import (
 
 	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
 	"github.com/tokenkeeper/tokenkeeper/internal/provider/amocrm/amocrmfake"
+	"github.com/tokenkeeper/tokenkeeper/internal/provider/facebook/facebookfake"
 )
 
 // Bounds on the manager's API requests per ManagedToken, asserted by
@@ -39,7 +40,8 @@ const (
 	// the intent keeps a second manager from exchanging the same
 	// authorization code, which OAuth servers may answer by revoking what
 	// the code issued), the output Secret, one status write, one event.
-	// Target: at most 3 writes plus one event; the intent is the fourth.
+	// Target: at most 3 writes plus one event; the intent is the fourth
+	// (a call that uses nothing up needs none: TestAPICostPerFacebookToken).
 	maxSyncWritesPerToken = 5.0
 	// Events per new token: one per transition (TokenObtained).
 	maxSyncEventsPerToken = 1.0
@@ -251,6 +253,52 @@ func TestAPICostPerToken(t *testing.T) {
 	if got := amo.Calls("token") + amo.Calls("account"); got != calls {
 		t.Errorf("%d provider calls while idle and after the restart, want 0", got-calls)
 	}
+}
+
+// TestAPICostPerFacebookToken: a first publish whose provider call uses
+// nothing up (a Facebook exchange) needs no spend intent, so it makes the
+// three writes the issue "Scale" asks for: the state Secret, the output
+// Secret and status, each once, plus one event.
+func TestAPICostPerFacebookToken(t *testing.T) {
+	const n = 10
+	ctx := context.Background()
+	ns := newNamespace(t)
+	fb := facebookfake.New(facebookfake.Options{AppID: testAppID, AppSecret: testAppSecret})
+	srv := httptest.NewServer(fb)
+	t.Cleanup(srv.Close)
+	for i := 0; i < n; i++ {
+		name := fmt.Sprintf("fbcost-%02d", i)
+		if err := k8sClient.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name + "-creds"},
+			StringData: map[string]string{"app_id": testAppID, "app_secret": testAppSecret,
+				"access_token": fb.IssueToken(facebookfake.KindUserShort, time.Now().Add(time.Hour))}}); err != nil {
+			t.Fatal(err)
+		}
+		mt := validFacebook(ns, name)
+		mt.Spec.CredentialsSecretRef.Name = name + "-creds"
+		mt.Spec.SecretName = name + "-token"
+		if err := k8sClient.Create(ctx, mt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	counter := &apiCounter{ns: ns, n: map[string]int{}}
+	stop := startManagerWith(t, ns, srv.URL, srv.URL, "", managerOptions{restConfig: counter.wrap(cfg)})
+	defer stop()
+	eventually(t, "all tokens Ready", 60*time.Second, func() bool { return allTokensReady(ctx, ns, n) })
+	counter.waitQuiet(t, 2*time.Second, 30*time.Second)
+	sync := counter.take()
+	t.Logf("sync, %d Facebook tokens: %s", n, describe(sync))
+	events := sync["create events"] + sync["patch events"]
+	writes := total(sync, "create", "update", "patch", "delete") - events
+	if got := float64(writes) / n; got > 3 {
+		t.Errorf("%.2f writes per new Facebook token besides events, want at most 3: %s", got, describe(sync))
+	}
+	if got := float64(events) / n; got > maxSyncEventsPerToken {
+		t.Errorf("%.2f events per new token, want at most %.2f", got, maxSyncEventsPerToken)
+	}
+	if got := fb.Calls("exchange"); got != n {
+		t.Errorf("%d exchanges for %d tokens", got, n)
+	}
+	fmt.Printf("measured: %d new Facebook tokens: %.2f writes and %.2f events per token\n", n, float64(writes)/n, float64(events)/n)
 }
 
 // decidedFor reports whether logs hold a "decided" line of the ManagedToken

@@ -62,7 +62,7 @@ func (r *ManagedTokenReconciler) execute(ctx context.Context, in *inputs, p plan
 		// than lose the refresh token, before anything else (a problem with
 		// the credentials, an authorization request the lost state had
 		// recorded: TestDeletedStateRestoredBeforeAuthorizationRequest).
-		return r.commit(ctx, in, nil, "", *in.restore, outcome{state: *in.restore})
+		return r.commit(ctx, in, nil, "", *in.restore, outcome{state: *in.restore}, commitKeepingPair)
 	case in.problem != nil && in.authzRequest != "" && !in.stateBroken:
 		// A token that cannot be obtained from the credentials is exactly
 		// what an authorization request is for.
@@ -73,7 +73,7 @@ func (r *ManagedTokenReconciler) execute(ctx context.Context, in *inputs, p plan
 		// A state Secret of an earlier ManagedToken of this name: adopt it
 		// (and resume from its pair) before anything else.
 		log.FromContext(ctx).Info("adopting the state Secret of an earlier ManagedToken of this name")
-		return r.commit(ctx, in, nil, in.record.rv, in.record.state, outcome{state: in.record.state})
+		return r.commit(ctx, in, nil, in.record.rv, in.record.state, outcome{state: in.record.state}, commitKeepingPair)
 	case in.authzRequest != "":
 		// A new authorization request: record it (nothing else this run).
 		return r.acceptAuthorization(ctx, in)
@@ -108,6 +108,15 @@ func (r *ManagedTokenReconciler) execute(ctx context.Context, in *inputs, p plan
 //  3. if the outcome cannot be stored, keep a new pair in memory, retry, and
 //     call the provider for nothing else until it is stored.
 //
+// Step 1 is for calls that use up what they send (provider.Consumes: an
+// AmoCRM refresh token, any authorization code). A call that consumes
+// nothing (a Facebook exchange or system-user refresh, adopting an AmoCRM
+// long-lived token) writes no intent: made twice, by two managers or again
+// after a crash, it only yields two valid tokens. Its outcome is stored
+// only on the very state it started from, and dropped otherwise (see
+// commit), so it never undoes a concurrent spend's intent or a used
+// authorization request (TestUnfencedSpendWritesNoIntent).
+//
 // TestCrashPoints kills or cancels the manager at each boundary.
 func (r *ManagedTokenReconciler) spend(ctx context.Context, in *inputs, p plan) outcome {
 	out := outcome{state: in.current(), rv: in.record.rv, stored: true}
@@ -123,14 +132,13 @@ func (r *ManagedTokenReconciler) spend(ctx context.Context, in *inputs, p plan) 
 	// for up to the spend timeout after the intent is written, and the
 	// intent must not look expired to others before it ends.
 	intent := &spendIntent{Started: in.now, Deadline: r.Clock.Now().Add(r.spendTimeout()), Request: in.forceRequest()}
-	var grantFP string
 	if p.Action == actionBootstrap {
 		intent.Op = opBootstrap
-		intent.Grant, grantFP = in.bootstrapGrant()
-		intent.Spent = grantFP
+		intent.Grant, intent.Spent = in.bootstrapGrant()
 	} else {
 		intent.Op, intent.Spent = opRefresh, spentFingerprint(base.Token)
 	}
+	fenced := in.callback != nil || in.prov.Consumes(intent.Grant)
 	if prev := base.Intent; prev != nil && prev.Spent == intent.Spent {
 		// The same value was sent before without an answer.
 		intent.Unanswered = prev.Unanswered
@@ -150,15 +158,19 @@ func (r *ManagedTokenReconciler) spend(ctx context.Context, in *inputs, p plan) 
 		a.Used = &used
 		withIntent.Authorization = &a
 	}
-	rv, err := r.saveState(ctx, in.mt, in.record.rv, withIntent)
-	if errors.Is(err, errConflict) {
-		logger.V(1).Info("state changed since it was read; deciding again")
-		out.conflict = true
-		return out
-	}
-	if err != nil {
-		out.storeErr = err
-		return out
+	rv := in.record.rv
+	if fenced {
+		var err error
+		rv, err = r.saveState(ctx, in.mt, in.record.rv, withIntent)
+		if errors.Is(err, errConflict) {
+			logger.V(1).Info("state changed since it was read; deciding again")
+			out.conflict = true
+			return out
+		}
+		if err != nil {
+			out.storeErr = err
+			return out
+		}
 	}
 
 	// The critical section: from here the manager's context may be
@@ -172,6 +184,7 @@ func (r *ManagedTokenReconciler) spend(ctx context.Context, in *inputs, p plan) 
 		req.AccountHost = in.callback.host
 	}
 	var tok *provider.Token
+	var err error
 	if p.Action == actionBootstrap {
 		tok, err = in.prov.Bootstrap(cctx, req, intent.Grant)
 		r.count(in, "bootstrap", err)
@@ -187,7 +200,13 @@ func (r *ManagedTokenReconciler) spend(ctx context.Context, in *inputs, p plan) 
 	if pe := o.failure; pe != nil {
 		logFailure(ctx, pe)
 	}
-	return r.commit(cctx, in, intent, rv, next, o)
+	if !fenced {
+		// Nothing was used up: there is no unanswered spend for a next one
+		// to know about, and no intent to leave.
+		next.Intent = nil
+		return r.commit(cctx, in, nil, rv, next, o, commitOnStartOnly)
+	}
+	return r.commit(cctx, in, intent, rv, next, o, commitKeepingPair)
 }
 
 // settle is the pure part of a spend's end: the state to store after the
@@ -302,14 +321,28 @@ func failureFrom(pe *provider.Error, in *inputs, t *provider.Token, count int32)
 	return f
 }
 
+// commitRule says what commit does when the stored state moved on.
+type commitRule int
+
+const (
+	// commitKeepingPair writes a pair this run obtained on top of any
+	// state that holds no newer pair: the value it was obtained with is
+	// used up, so the pair must not be lost.
+	commitKeepingPair commitRule = iota
+	// commitOnStartOnly writes only on the state the run started from (or
+	// that state with the run's intent); anything else wins, and this
+	// run's result is dropped.
+	commitOnStartOnly
+)
+
 // commit stores next, which was decided from the state at rv. On a
 // conflict it re-reads: if the stored state still is the one this run
 // started from (or holds this run's intent), the write is redone on top of
-// it; if it moved on, the newer state wins and a failure of this run is
-// dropped (a reconciler that lost a race never halts a healthy token).
-// Other write errors are retried until ctx's deadline; a new pair that still
-// cannot be stored is kept in memory.
-func (r *ManagedTokenReconciler) commit(ctx context.Context, in *inputs, intent *spendIntent, rv string, next tokenState, o outcome) outcome {
+// it; if it moved on, the newer state wins (but see commitKeepingPair) and
+// a failure of this run is dropped (a reconciler that lost a race never
+// halts a healthy token). Other write errors are retried until ctx's
+// deadline; a new pair that still cannot be stored is kept in memory.
+func (r *ManagedTokenReconciler) commit(ctx context.Context, in *inputs, intent *spendIntent, rv string, next tokenState, o outcome, rule commitRule) outcome {
 	logger := log.FromContext(ctx)
 	delay := 50 * time.Millisecond
 	for {
@@ -333,7 +366,7 @@ func (r *ManagedTokenReconciler) commit(ctx context.Context, in *inputs, intent 
 						rv = ""
 					}
 					continue
-				case o.obtained && !newerPair(fresh.state, next):
+				case rule == commitKeepingPair && o.obtained && !newerPair(fresh.state, next):
 					rv = fresh.rv
 					continue
 				default:
@@ -468,7 +501,7 @@ func (r *ManagedTokenReconciler) probe(ctx context.Context, in *inputs, p plan) 
 			return r.probeAfterRefresh(ctx, in, out)
 		}
 		next.Failure = failureFrom(pe, in, base.Token, nextFailureCount(base.Failure))
-		return r.commit(ctx, in, nil, in.record.rv, next, outcome{failure: pe})
+		return r.commit(ctx, in, nil, in.record.rv, next, outcome{failure: pe}, commitKeepingPair)
 	}
 	mergeMetadata(next.Token, storedForm(tok))
 	next.Failure = nil
@@ -476,7 +509,7 @@ func (r *ManagedTokenReconciler) probe(ctx context.Context, in *inputs, p plan) 
 	if sameData(encodeState(next), encodeState(base)) {
 		return out
 	}
-	return r.commit(ctx, in, nil, in.record.rv, next, out)
+	return r.commit(ctx, in, nil, in.record.rv, next, out, commitKeepingPair)
 }
 
 // probeAfterRefresh probes a token obtained because the previous one was
@@ -497,7 +530,7 @@ func (r *ManagedTokenReconciler) probeAfterRefresh(ctx context.Context, in *inpu
 	next.Failure = failureFrom(pe, in, next.Token, 1)
 	in2 := *in
 	in2.record = stateRecord{state: out.state, rv: out.rv}
-	o := r.commit(ctx, &in2, nil, out.rv, next, outcome{failure: pe, obtained: true})
+	o := r.commit(ctx, &in2, nil, out.rv, next, outcome{failure: pe, obtained: true}, commitKeepingPair)
 	return o
 }
 

@@ -114,7 +114,8 @@ type authzRecord struct {
 }
 
 // spendIntent is written, with a conditional update, before a refresh token
-// or a grant is sent to the provider. While it is there and its deadline has
+// or a grant that the call uses up is sent to the provider (see
+// provider.Consumes; a call that uses nothing up writes none). While it is there and its deadline has
 // not passed, no other reconciler (in this manager or another) spends
 // anything for this token. If it is still there after its deadline, the
 // spender stopped without an answer: the next spend sends the same value

@@ -141,6 +141,14 @@ type Provider interface {
 	// KindReauthorize.
 	Probe(ctx context.Context, req Request, current *Token) (*Token, error)
 
+	// Consumes reports whether a call uses up the value it sends, so that
+	// sending that value a second time fails, and may revoke what the first
+	// call issued. grant is a BootstrapGrants key for a Bootstrap and ""
+	// for a Refresh. The controller records a spend intent (a conditional
+	// write) before such a call only: a call that consumes nothing can be
+	// made twice, or again after a crash, without harm.
+	Consumes(grant string) bool
+
 	// BootstrapGrants lists, in order of preference, the keys of creds that
 	// can bootstrap a token and are present (for example authorization_code,
 	// refresh_token; or access_token). The controller bootstraps with the

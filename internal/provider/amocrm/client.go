@@ -146,6 +146,14 @@ func (c *Client) BootstrapGrants(creds provider.Credentials) []string {
 	return grants
 }
 
+// Consumes implements provider.Provider: authorization codes and refresh
+// tokens are single-use (a refresh token is dead everywhere once
+// exchanged, with no grace window); adopting a long-lived access_token
+// only checks it.
+func (c *Client) Consumes(grant string) bool {
+	return grant != GrantAccessToken
+}
+
 // ValidateCredentials implements provider.Provider.
 func (c *Client) ValidateCredentials(creds provider.Credentials, stored *provider.Token) error {
 	if stored != nil && !stored.Refreshable {

@@ -197,6 +197,15 @@ func (c *Client) BootstrapGrants(creds provider.Credentials) []string {
 	return grants
 }
 
+// Consumes implements provider.Provider: only an authorization code is
+// single-use. The fb_exchange_token call leaves the token it sends valid:
+// a short-lived user token until its own expiry, and an expiring
+// system-user token until its creation plus 60 days even once refreshed,
+// so exchanging it twice yields two valid tokens.
+func (c *Client) Consumes(grant string) bool {
+	return grant == KeyAuthorizationCode
+}
+
 // Bootstrap implements provider.Provider.
 //
 // With grant access_token it introspects the credentials' access_token; a

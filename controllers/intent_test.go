@@ -1,0 +1,218 @@
+package controllers
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
+	"github.com/tokenkeeper/tokenkeeper/internal/provider"
+	"github.com/tokenkeeper/tokenkeeper/internal/provider/amocrm/amocrmfake"
+	"github.com/tokenkeeper/tokenkeeper/internal/provider/facebook"
+	"github.com/tokenkeeper/tokenkeeper/internal/provider/facebook/facebookfake"
+)
+
+// TestSpendIntentOnlyForConsumingCalls: a spend intent (a state write
+// before the provider call) is recorded for the calls that use up what
+// they send, and only for those. Every state Secret write is counted, and
+// each one is checked for an intent.
+func TestSpendIntentOnlyForConsumingCalls(t *testing.T) {
+	cases := []struct {
+		name  string
+		setup func(h *harness)
+		// refresh: after the first publish, let the token fall due and
+		// refresh it once (two spends in all).
+		refresh    bool
+		wantIntent bool
+	}{
+		{"AmoCRM refresh_token", func(h *harness) {
+			h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
+			h.createAmoMT("")
+		}, true, true},
+		{"AmoCRM authorization_code", func(h *harness) {
+			h.amoCreds(map[string]string{"authorization_code": h.amo.IssueAuthorizationCode()})
+			h.createAmoMT("")
+		}, false, true},
+		{"AmoCRM long-lived access_token", func(h *harness) {
+			h.putCreds("amocrm-oauth", map[string]string{"access_token": h.amo.IssueLongLivedToken(h.clk.Now().Add(365 * 24 * time.Hour))})
+			h.createAmoMT("")
+		}, false, false},
+		{"Facebook short-lived user token", func(h *harness) {
+			h.fbSetup(h.fb.IssueToken(facebookfake.KindUserShort, h.clk.Now().Add(time.Hour)))
+		}, false, false},
+		{"Facebook expiring system-user token", func(h *harness) {
+			h.fbSetup(h.fb.IssueToken(facebookfake.KindSystemUserExpiring, h.clk.Now().Add(20*24*time.Hour)))
+		}, true, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, amocrmfake.Options{AccessTokenTTL: 24 * time.Hour})
+			writes, intents := 0, 0
+			h.client.afterWrite = func(role string) {
+				if role == roleState {
+					writes++
+					if h.state().Intent != nil {
+						intents++
+					}
+				}
+			}
+			tc.setup(h)
+			h.reconcile()
+			h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, "")
+			spends := 1
+			if tc.refresh {
+				first := h.state().Token.AccessToken
+				h.advancePastNextRefresh()
+				h.reconcile()
+				h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, "")
+				if h.state().Token.AccessToken == first {
+					t.Fatal("the token was not refreshed")
+				}
+				spends++
+			}
+			perSpend, wantIntents := 1, 0
+			if tc.wantIntent {
+				perSpend, wantIntents = 2, spends
+			}
+			if writes != spends*perSpend || intents != wantIntents {
+				t.Fatalf("%d state writes holding %d intents for %d spends, want %d and %d", writes, intents, spends, spends*perSpend, wantIntents)
+			}
+			if h.state().Intent != nil {
+				t.Fatal("a spend intent was left behind")
+			}
+			fmt.Printf("measured: %s: %d state writes for %d spends, %d with an intent\n", tc.name, writes, spends, intents)
+		})
+	}
+}
+
+// TestUnfencedSpendDropsItsResultWhenStateMoved: a spend that wrote no
+// intent stores its outcome only on the state it started from. Here a
+// concurrent spend (a callback's code exchange, say) records its intent
+// while a Facebook refresh is in flight: the refresh's token is dropped,
+// the other spend's intent stays, and once that intent is over the token
+// is refreshed again and stored. Storing the dropped token on top (as a
+// spend that used something up must) would erase the other intent, and
+// with it what keeps a third spender out.
+func TestUnfencedSpendDropsItsResultWhenStateMoved(t *testing.T) {
+	h := newHarness(t, amocrmfake.Options{})
+	orig := h.fb.IssueToken(facebookfake.KindSystemUserExpiring, h.clk.Now().Add(20*24*time.Hour))
+	h.fbSetup(orig)
+	h.reconcile()
+	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, "")
+	h.advancePastNextRefresh()
+
+	other := &spendIntent{Op: opBootstrap, Grant: grantAuthorizationCode, Spent: "other-spend",
+		Started: h.clk.Now(), Deadline: h.clk.Now().Add(time.Minute)}
+	injected := false
+	h.client.beforeWrite = func(role string) {
+		if role != roleState || injected {
+			return
+		}
+		injected = true
+		sec := &corev1.Secret{}
+		key := types.NamespacedName{Namespace: h.ns, Name: stateSecretName(h.mt.Name)}
+		if err := k8sClient.Get(h.ctx, key, sec); err != nil {
+			t.Fatal(err)
+		}
+		b, err := json.Marshal(other)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sec.Data[keyIntent] = b
+		if err := k8sClient.Update(h.ctx, sec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.reconcile()
+	if !injected {
+		t.Fatal("the refresh wrote no state")
+	}
+	if h.fb.Calls("refresh") != 1 {
+		t.Fatalf("refreshes = %d, want 1", h.fb.Calls("refresh"))
+	}
+	st := h.state()
+	if st.Intent == nil || st.Intent.Spent != other.Spent {
+		t.Fatalf("the other spend's intent was overwritten: %+v", st.Intent)
+	}
+	if st.Token.AccessToken != orig {
+		t.Fatal("the refreshed token was stored over a state that moved on")
+	}
+
+	// While the other intent is live, nothing is spent; once it is over,
+	// the token is refreshed again, and the old one still worked meanwhile.
+	h.client.beforeWrite = nil
+	h.reconcile()
+	if h.fb.Calls("refresh") != 1 {
+		t.Fatalf("refreshed while another spend was in flight (%d refreshes)", h.fb.Calls("refresh"))
+	}
+	h.clk.Step(time.Minute + 11*time.Second) // past the deadline and the 10s grace
+	h.reconcile()
+	if h.fb.Calls("refresh") != 2 {
+		t.Fatalf("refreshes = %d, want 2", h.fb.Calls("refresh"))
+	}
+	st = h.state()
+	if st.Token.AccessToken == orig || st.Intent != nil {
+		t.Fatalf("after the other intent: token refreshed %v, intent %+v", st.Token.AccessToken != orig, st.Intent)
+	}
+	if got := string(h.output().Data["access_token"]); got != st.Token.AccessToken {
+		t.Fatal("the output Secret does not hold the stored token")
+	}
+	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonTokenValid)
+}
+
+// TestCrashDuringUnfencedRefresh kills, or cancels, the manager after a
+// Facebook refresh answered and before its token was stored. Nothing was
+// used up, so the next manager refreshes again and is Ready, with no human
+// action and nothing left behind.
+func TestCrashDuringUnfencedRefresh(t *testing.T) {
+	for _, mode := range []string{"kill", "cancel"} {
+		t.Run(mode, func(t *testing.T) {
+			h := newHarness(t, amocrmfake.Options{})
+			orig := h.fb.IssueToken(facebookfake.KindSystemUserExpiring, h.clk.Now().Add(20*24*time.Hour))
+			h.fbSetup(orig)
+			h.reconcile()
+			h.advancePastNextRefresh()
+
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			p := &hookProvider{Provider: h.r.Providers[tokensv1alpha1.ProviderFacebook]}
+			p.after = func() {
+				if mode == "kill" {
+					panic(errKilled)
+				}
+				cancel()
+			}
+			h.r.Providers[tokensv1alpha1.ProviderFacebook] = p
+			died, _ := h.reconcileCtx(ctx)
+			if died != (mode == "kill") {
+				t.Fatalf("died = %v in mode %s", died, mode)
+			}
+			if mode == "kill" && h.state().Token.AccessToken != orig {
+				t.Fatal("a killed manager stored its token")
+			}
+
+			h.restart()
+			h.r.Providers[tokensv1alpha1.ProviderFacebook] = facebook.New(facebook.Options{BaseURL: h.fbURL, Clock: h.clk})
+			for i := 0; i < 3; i++ {
+				h.reconcile()
+			}
+			h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonTokenValid)
+			st := h.state()
+			if st.Token.AccessToken == orig || st.Intent != nil || st.Failure != nil {
+				t.Fatalf("after the restart: refreshed %v, intent %+v, failure %+v", st.Token.AccessToken != orig, st.Intent, st.Failure)
+			}
+			if got := string(h.output().Data["access_token"]); got != st.Token.AccessToken {
+				t.Fatal("the output Secret does not hold the stored token")
+			}
+			fmt.Printf("measured: crash %s after a Facebook refresh answered: Ready, %d refresh calls\n", mode, h.fb.Calls("refresh"))
+		})
+	}
+}
+
+var _ provider.Provider = (*hookProvider)(nil)
