@@ -331,8 +331,7 @@ const (
 	commitKeepingPair commitRule = iota
 	// commitOnStartOnly writes only on the state the run started from (or
 	// that state with the run's intent); anything else wins, and this
-	// run's result is dropped, as it is when it cannot be written at all
-	// (never kept in memory as a pending pair).
+	// run's result is dropped.
 	commitOnStartOnly
 )
 
@@ -379,18 +378,11 @@ func (r *ManagedTokenReconciler) commit(ctx context.Context, in *inputs, intent 
 		}
 		if d, ok := ctx.Deadline(); !ok || ctx.Err() != nil || time.Now().Add(delay).After(d) {
 			o.storeErr = err
-			switch {
-			case o.obtained && rule == commitKeepingPair:
+			if o.obtained {
 				r.memory().setPending(in.key, memEntry{uid: in.mt.UID, state: next, attempts: 1, mt: in.mt, since: time.Now()})
 				o.state, o.stored = next, false
 				logger.Error(err, "new token could not be stored; keeping it in memory and retrying")
-			case o.obtained:
-				// Obtained by a call that used nothing up: drop it and call
-				// again once writes work. Kept in memory, it would later be
-				// written over whatever the state then holds.
-				o.state, o.stored, o.obtained, o.checked, o.grant = in.current(), true, false, false, ""
-				logger.Error(err, "new token could not be stored; dropped, it will be obtained again")
-			default:
+			} else {
 				o.state, o.stored = in.current(), true
 			}
 			return o

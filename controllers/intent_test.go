@@ -10,7 +10,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	ctrl "sigs.k8s.io/controller-runtime"
 
 	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
 	"github.com/tokenkeeper/tokenkeeper/internal/provider"
@@ -217,39 +216,3 @@ func TestCrashDuringUnfencedRefresh(t *testing.T) {
 }
 
 var _ provider.Provider = (*hookProvider)(nil)
-
-// TestUnfencedResultNotKeptWhenUnstorable: a token from a call that used
-// nothing up, which cannot be stored before the spend's deadline, is
-// dropped rather than kept in memory as a pending pair (which would later be
-// written over whatever the state then holds); once writes work, the call
-// is made again and its token stored.
-func TestUnfencedResultNotKeptWhenUnstorable(t *testing.T) {
-	h := newHarness(t, amocrmfake.Options{})
-	orig := h.fb.IssueToken(facebookfake.KindSystemUserExpiring, h.clk.Now().Add(20*24*time.Hour))
-	h.fbSetup(orig)
-	h.reconcile()
-	h.r.SpendTimeout = 300 * time.Millisecond
-	h.client.failStateWrites.Store(1000)
-	h.advancePastNextRefresh()
-	if _, err := h.r.Reconcile(h.ctx, ctrl.Request{NamespacedName: h.key()}); err != nil {
-		t.Logf("reconcile: %v", err)
-	}
-	if h.fb.Calls("refresh") != 1 {
-		t.Fatalf("refreshes = %d, want 1", h.fb.Calls("refresh"))
-	}
-	if p := h.r.memory().pendingEntries(); len(p) != 0 {
-		t.Fatalf("%d pairs kept in memory, want none", len(p))
-	}
-	if h.state().Token.AccessToken != orig {
-		t.Fatal("the store was supposed to fail")
-	}
-	h.client.failStateWrites.Store(0)
-	h.reconcile()
-	if h.fb.Calls("refresh") != 2 {
-		t.Fatalf("refreshes = %d, want 2 (called again once writes work)", h.fb.Calls("refresh"))
-	}
-	if st := h.state(); st.Token.AccessToken == orig || string(h.output().Data["access_token"]) != st.Token.AccessToken {
-		t.Fatal("the refreshed token was not stored and published once writes worked")
-	}
-	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonTokenValid)
-}
