@@ -113,9 +113,12 @@ func (r *ManagedTokenReconciler) execute(ctx context.Context, in *inputs, p plan
 // nothing (a Facebook exchange or system-user refresh, adopting an AmoCRM
 // long-lived token) writes no intent: made twice, by two managers or again
 // after a crash, it only yields two valid tokens. Its outcome is stored
-// only on the very state it started from, and dropped otherwise (see
-// commit), so it never undoes a concurrent spend's intent or a used
-// authorization request (TestUnfencedSpendWritesNoIntent).
+// only on the very state it started from: when the state moved on, it is
+// dropped (see commitOnStartOnly), so it never undoes a concurrent spend's
+// intent or a used authorization request (TestSpendIntentOnlyForConsumingCalls,
+// TestUnfencedSpendDropsItsResultWhenStateMoved). A write that fails for
+// another reason keeps a new token in memory, as in step 3: dropped, it
+// would be fetched again at every retry while writes fail.
 //
 // TestCrashPoints kills or cancels the manager at each boundary.
 func (r *ManagedTokenReconciler) spend(ctx context.Context, in *inputs, p plan) outcome {
@@ -330,8 +333,8 @@ const (
 	// used up, so the pair must not be lost.
 	commitKeepingPair commitRule = iota
 	// commitOnStartOnly writes only on the state the run started from (or
-	// that state with the run's intent); anything else wins, and this
-	// run's result is dropped.
+	// that state with the run's intent); on a conflict with anything else,
+	// that wins and this run's result is dropped.
 	commitOnStartOnly
 )
 
