@@ -143,6 +143,8 @@ func (r *ManagedTokenReconciler) writeOutput(ctx context.Context, mt *tokensv1al
 	}
 	cur.Labels, cur.Annotations, cur.Data = newLabels, newAnn, data
 	if err := r.Update(ctx, cur); apierrors.IsConflict(err) {
+		// Another writer, or this manager's own previous write that the
+		// cache has not seen yet (TestOutputConflictLooksAgain).
 		log.FromContext(ctx).V(1).Info("output Secret changed since it was read; looking again", "secret", key.Name)
 		return published{superseded: true}
 	} else if err != nil {

@@ -474,3 +474,50 @@ func TestIntentDeadlineCountsFromItsWrite(t *testing.T) {
 	}
 	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonTokenValid)
 }
+
+// TestOutputConflictLooksAgain: the output Secret changed between this
+// run's read and its update, with no newer token in it (another
+// controller's annotation; or the manager's own previous write that its
+// cache had not seen yet). The update conflicts, the run asks to look again
+// a second later instead of failing, and the next run publishes the new
+// token and keeps the other writer's annotation.
+func TestOutputConflictLooksAgain(t *testing.T) {
+	h := newReadyAmoCRM(t)
+	h.advancePastNextRefresh()
+	touched := false
+	h.client.beforeWrite = func(role string) {
+		if role != roleOutput || touched {
+			return
+		}
+		touched = true
+		sec := h.output()
+		sec.Annotations["example.com/seen-by"] = "another-controller"
+		if err := k8sClient.Update(h.ctx, sec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old := string(h.output().Data[tokensv1alpha1.OutputAccessTokenKey])
+	res := h.reconcile()
+	if !touched {
+		t.Fatal("the refresh did not write the output Secret")
+	}
+	if res.RequeueAfter != minWake {
+		t.Fatalf("requeue after %s, want %s after the conflict", res.RequeueAfter, minWake)
+	}
+	if got := string(h.output().Data[tokensv1alpha1.OutputAccessTokenKey]); got != old {
+		t.Fatal("the conflicting update landed")
+	}
+	h.client.beforeWrite = nil
+	h.reconcile()
+	sec := h.output()
+	if got := string(sec.Data[tokensv1alpha1.OutputAccessTokenKey]); got != h.amo.CurrentAccessToken() || got == old {
+		t.Fatal("the next run did not publish the new token")
+	}
+	if sec.Annotations["example.com/seen-by"] != "another-controller" {
+		t.Fatal("the other writer's annotation was dropped")
+	}
+	if h.amo.Calls("token") != 2 {
+		t.Fatalf("%d token calls, want 2 (the bootstrap and one refresh)", h.amo.Calls("token"))
+	}
+	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonTokenValid)
+}
