@@ -26,6 +26,7 @@ import (
 
 	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
 	"github.com/tokenkeeper/tokenkeeper/internal/provider/amocrm/amocrmfake"
+	"github.com/tokenkeeper/tokenkeeper/internal/provider/facebook/facebookfake"
 )
 
 // verbRecorder records every (verb, group/resource) a client sends.
@@ -309,27 +310,91 @@ func patchAnnotation(t *testing.T, key types.NamespacedName, value string) {
 // 90-second AmoCRM tokens for 3 minutes: no halted token, no reused refresh
 // token, and status, state and output agree.
 func TestRaceTwoManagers(t *testing.T) {
+	// The two race tests run in real time and mostly wait: they run
+	// together, after the package's other tests.
+	t.Parallel()
 	ns := newNamespace(t)
 	amo := amocrmfake.New(amocrmfake.Options{ClientID: testClientID, ClientSecret: testClientSecret, RedirectURI: testRedirectURI, AccessTokenTTL: 90 * time.Second})
 	srv := httptest.NewServer(amo)
 	defer srv.Close()
 	names := []string{"a", "b", "c"}
 	for _, n := range names {
-		if err := k8sClient.Create(ctx(), &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "creds-" + n}, StringData: map[string]string{
-			"client_id": testClientID, "client_secret": testClientSecret, "refresh_token": amo.IssueRefreshToken()}}); err != nil {
-			t.Fatal(err)
-		}
 		mt := validAmoCRM(ns, n)
 		mt.Spec.AmoCRM.RedirectURI = testRedirectURI
-		mt.Spec.CredentialsSecretRef.Name, mt.Spec.SecretName = "creds-"+n, "token-"+n
-		mt.Spec.CheckInterval = &metav1.Duration{Duration: time.Minute}
-		if err := k8sClient.Create(ctx(), mt); err != nil {
-			t.Fatal(err)
+		createRaceToken(t, mt, map[string]string{"client_id": testClientID, "client_secret": testClientSecret, "refresh_token": amo.IssueRefreshToken()})
+	}
+	halts := raceTwoManagers(t, ns, srv.URL, srv.URL, 3*time.Minute)
+	refreshes := amo.Calls("refresh_token")
+	fmt.Printf("measured: two managers, 3 tokens of 90s, 3 minutes: %d refreshes, %d reused refresh tokens, %d halted observations\n", refreshes, amo.ReusedRefreshTokens(), halts)
+	if amo.ReusedRefreshTokens() != 0 {
+		t.Fatalf("%d refresh tokens were sent again", amo.ReusedRefreshTokens())
+	}
+	if refreshes < 3*3 {
+		t.Fatalf("only %d refreshes in 3 minutes of 90s tokens", refreshes)
+	}
+	for _, n := range names {
+		st := checkRaceToken(t, ns, n)
+		if !amo.RefreshTokenLive(st.Token.RefreshToken) {
+			t.Fatalf("%s: the stored refresh token is dead", n)
 		}
 	}
-	stop1 := startManager(t, ns, srv.URL, srv.URL, "")
-	stop2 := startManager(t, ns, srv.URL, srv.URL, "")
-	deadline := time.Now().Add(3 * time.Minute)
+}
+
+// TestRaceTwoManagersFacebook is TestRaceTwoManagers for refreshes that
+// write no spend intent: Facebook system-user tokens of 90 seconds, two
+// managers with leader election off, 2 minutes. Both managers may refresh
+// the same token at once; one result is stored, the other dropped, and
+// no token halts or ends with a token the provider does not know.
+func TestRaceTwoManagersFacebook(t *testing.T) {
+	t.Parallel() // see TestRaceTwoManagers
+	ns := newNamespace(t)
+	fb := facebookfake.New(facebookfake.Options{AppID: testAppID, AppSecret: testAppSecret, LongLivedTTL: 90 * time.Second})
+	srv := httptest.NewServer(fb)
+	defer srv.Close()
+	names := []string{"a", "b", "c"}
+	for _, n := range names {
+		createRaceToken(t, validFacebook(ns, n), map[string]string{"app_id": testAppID, "app_secret": testAppSecret,
+			"access_token": fb.IssueToken(facebookfake.KindSystemUserExpiring, time.Now().Add(90*time.Second))})
+	}
+	halts := raceTwoManagers(t, ns, srv.URL, srv.URL, 2*time.Minute)
+	refreshes := fb.Calls("refresh")
+	fmt.Printf("measured: two managers, 3 Facebook tokens of 90s, 2 minutes: %d refreshes, %d halted observations\n", refreshes, halts)
+	if refreshes < 3*2 {
+		t.Fatalf("only %d refreshes in 2 minutes of 90s tokens", refreshes)
+	}
+	for _, n := range names {
+		st := checkRaceToken(t, ns, n)
+		if exp, ok := fb.TokenInfo(st.Token.AccessToken); !ok || !exp.After(time.Now()) {
+			t.Fatalf("%s: the stored token is not valid at the provider (known %v, expires %v)", n, ok, exp)
+		}
+		if st.Intent != nil {
+			t.Fatalf("%s: a spend intent was written for a Facebook refresh", n)
+		}
+	}
+}
+
+// createRaceToken creates mt, refreshed often, with its own credentials
+// Secret holding creds.
+func createRaceToken(t *testing.T, mt *tokensv1alpha1.ManagedToken, creds map[string]string) {
+	t.Helper()
+	n := mt.Name
+	if err := k8sClient.Create(ctx(), &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: mt.Namespace, Name: "creds-" + n}, StringData: creds}); err != nil {
+		t.Fatal(err)
+	}
+	mt.Spec.CredentialsSecretRef.Name, mt.Spec.SecretName = "creds-"+n, "token-"+n
+	mt.Spec.CheckInterval = &metav1.Duration{Duration: time.Minute}
+	if err := k8sClient.Create(ctx(), mt); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// raceTwoManagers runs two managers on ns for d, fails the test on every
+// halted token it sees meanwhile, and returns how many it saw.
+func raceTwoManagers(t *testing.T, ns, amoURL, fbURL string, d time.Duration) int {
+	t.Helper()
+	stop1 := startManager(t, ns, amoURL, fbURL, "")
+	stop2 := startManager(t, ns, amoURL, fbURL, "")
+	deadline := time.Now().Add(d)
 	halts := 0
 	for time.Now().Before(deadline) {
 		var list tokensv1alpha1.ManagedTokenList
@@ -345,43 +410,38 @@ func TestRaceTwoManagers(t *testing.T) {
 	}
 	stop1()
 	stop2()
-	refreshes := amo.Calls("refresh_token")
-	fmt.Printf("measured: two managers, 3 tokens of 90s, 3 minutes: %d refreshes, %d reused refresh tokens, %d halted observations\n", refreshes, amo.ReusedRefreshTokens(), halts)
-	if amo.ReusedRefreshTokens() != 0 {
-		t.Fatalf("%d refresh tokens were sent again", amo.ReusedRefreshTokens())
+	return halts
+}
+
+// checkRaceToken checks that the ManagedToken ns/n is Ready and that its
+// status, state and output agree, and returns its stored state.
+func checkRaceToken(t *testing.T, ns, n string) tokenState {
+	t.Helper()
+	mt := &tokensv1alpha1.ManagedToken{}
+	if err := k8sClient.Get(ctx(), types.NamespacedName{Namespace: ns, Name: n}, mt); err != nil {
+		t.Fatal(err)
 	}
-	if refreshes < 3*3 {
-		t.Fatalf("only %d refreshes in 3 minutes of 90s tokens", refreshes)
+	state, out := &corev1.Secret{}, &corev1.Secret{}
+	if err := k8sClient.Get(ctx(), types.NamespacedName{Namespace: ns, Name: stateSecretName(n)}, state); err != nil {
+		t.Fatal(err)
 	}
-	for _, n := range names {
-		mt := &tokensv1alpha1.ManagedToken{}
-		if err := k8sClient.Get(ctx(), types.NamespacedName{Namespace: ns, Name: n}, mt); err != nil {
-			t.Fatal(err)
-		}
-		state, out := &corev1.Secret{}, &corev1.Secret{}
-		if err := k8sClient.Get(ctx(), types.NamespacedName{Namespace: ns, Name: stateSecretName(n)}, state); err != nil {
-			t.Fatal(err)
-		}
-		if err := k8sClient.Get(ctx(), types.NamespacedName{Namespace: ns, Name: "token-" + n}, out); err != nil {
-			t.Fatal(err)
-		}
-		st, err := decodeState(state.Data)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !amo.RefreshTokenLive(st.Token.RefreshToken) {
-			t.Fatalf("%s: the stored refresh token is dead", n)
-		}
-		if string(out.Data["access_token"]) != st.Token.AccessToken {
-			t.Fatalf("%s: output and state disagree", n)
-		}
-		if mt.Status.ExpirationTimestamp == nil || !mt.Status.ExpirationTimestamp.Time.Equal(st.Token.ExpiresAt.Truncate(time.Second)) {
-			t.Fatalf("%s: status expiry %v, state %v", n, mt.Status.ExpirationTimestamp, st.Token.ExpiresAt)
-		}
-		if c := condOf(mt, tokensv1alpha1.ConditionReady); c.Status != metav1.ConditionTrue {
-			t.Fatalf("%s: Ready %s/%s: %s", n, c.Status, c.Reason, c.Message)
-		}
+	if err := k8sClient.Get(ctx(), types.NamespacedName{Namespace: ns, Name: "token-" + n}, out); err != nil {
+		t.Fatal(err)
 	}
+	st, err := decodeState(state.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(out.Data["access_token"]) != st.Token.AccessToken {
+		t.Fatalf("%s: output and state disagree", n)
+	}
+	if mt.Status.ExpirationTimestamp == nil || !mt.Status.ExpirationTimestamp.Time.Equal(st.Token.ExpiresAt.Truncate(time.Second)) {
+		t.Fatalf("%s: status expiry %v, state %v", n, mt.Status.ExpirationTimestamp, st.Token.ExpiresAt)
+	}
+	if c := condOf(mt, tokensv1alpha1.ConditionReady); c.Status != metav1.ConditionTrue {
+		t.Fatalf("%s: Ready %s/%s: %s", n, c.Status, c.Reason, c.Message)
+	}
+	return st
 }
 
 func ctx() context.Context { return context.Background() }
