@@ -7,7 +7,8 @@
 // etcd; envtest, CRDs from config/crd/bases), the sandbox providers
 // (bin/tokenkeeper-sandbox) and the real manager binary (bin/manager), then:
 //
-//  1. sync: creates N credentials Secrets and N AmoCRM ManagedTokens, spread
+//  1. sync: creates N credentials Secrets and N ManagedTokens (-provider:
+//     AmoCRM refresh tokens, or expiring Facebook system-user tokens), spread
 //     over -namespaces namespaces, and times apply (the first ManagedToken
 //     created) to all Ready, and each token's create to Ready;
 //  2. idle: once the manager has made no request for 3 s, counts its
@@ -85,6 +86,7 @@ type config struct {
 	unrelated, unrelatedSize      int
 	idle, timeout, restartTimeout time.Duration
 	managerArgs, managerBin       string
+	provider                      tokensv1alpha1.Provider
 }
 
 func main() {
@@ -93,6 +95,7 @@ func main() {
 	runtime.LockOSThread()
 	var c config
 	flag.IntVar(&c.n, "n", 1000, "ManagedTokens to create (the issue's goals are stated for 10000).")
+	provider := flag.String("provider", "amocrm", "The ManagedTokens' provider: amocrm (a refresh token each: every first publish spends it, behind a spend intent) or facebook (an expiring system-user token each: adopted, nothing spent).")
 	flag.IntVar(&c.namespaces, "namespaces", 4, "Namespaces to spread the ManagedTokens over.")
 	flag.IntVar(&c.workers, "workers", 1, "The manager's --max-concurrent-reconciles, and the baseline's workers.")
 	flag.Float64Var(&c.qps, "qps", 20, "The manager's --kube-api-qps, and the baseline client's.")
@@ -107,6 +110,15 @@ func main() {
 	flag.Parse()
 	if c.n < 1 || c.namespaces < 1 || c.workers < 1 || c.unrelated < 0 || c.unrelatedSize < 0 {
 		fmt.Fprintln(os.Stderr, "bench: -n, -namespaces and -workers must be positive, -unrelated and -unrelated-size not negative")
+		os.Exit(2)
+	}
+	switch *provider {
+	case "amocrm":
+		c.provider = tokensv1alpha1.ProviderAmoCRM
+	case "facebook":
+		c.provider = tokensv1alpha1.ProviderFacebook
+	default:
+		fmt.Fprintf(os.Stderr, "bench: -provider must be amocrm or facebook, got %q\n", *provider)
 		os.Exit(2)
 	}
 	if c.timeout == 0 {
@@ -202,9 +214,14 @@ func (b *bench) run(ctx context.Context) error {
 	if err := b.startControlPlane(ctx, assets); err != nil {
 		return err
 	}
-	devenv.Say("==> starting the sandbox providers (%d AmoCRM refresh tokens)", b.cfg.n)
-	// Access tokens live a day: nothing falls due by itself during the bench.
-	b.sandbox, b.st, err = devenv.StartSandbox(ctx, b.root, b.dir, "--access-token-ttl", "24h", "--amocrm-refresh-tokens", fmt.Sprint(b.cfg.n))
+	// Access tokens live a day, system-user tokens 3 days: nothing falls
+	// due by itself during the bench.
+	mint := "--amocrm-refresh-tokens"
+	if b.cfg.provider == tokensv1alpha1.ProviderFacebook {
+		mint = "--facebook-system-user-tokens"
+	}
+	devenv.Say("==> starting the sandbox providers (%s %d)", mint, b.cfg.n)
+	b.sandbox, b.st, err = devenv.StartSandbox(ctx, b.root, b.dir, "--access-token-ttl", "24h", mint, fmt.Sprint(b.cfg.n))
 	if b.sandbox != nil {
 		sb := b.sandbox
 		b.onCleanup(func() { sb.Stop(10 * time.Second) })
@@ -327,15 +344,15 @@ func (b *bench) sync(ctx context.Context) error {
 	for i := range n {
 		b.tokens[i] = token{ns: fmt.Sprintf("bench-%d", i%b.cfg.namespaces), name: fmt.Sprintf("bt-%05d", i)}
 	}
-	amo := b.st.Credentials.AmoCRM
-	if len(b.st.Credentials.AmoCRMRefreshTokens) < n {
-		return fmt.Errorf("the sandbox minted %d refresh tokens, want %d", len(b.st.Credentials.AmoCRMRefreshTokens), n)
+	creds, err := b.credentials(n)
+	if err != nil {
+		return err
 	}
 	if err := parallel(ctx, n, 16, func(i int) error {
 		t := b.tokens[i]
 		return b.cl.Create(ctx, &corev1.Secret{
 			ObjectMeta: metav1.ObjectMeta{Namespace: t.ns, Name: t.credentials()},
-			StringData: map[string]string{"client_id": amo.ClientID, "client_secret": amo.ClientSecret, "refresh_token": b.st.Credentials.AmoCRMRefreshTokens[i]},
+			StringData: creds(i),
 		})
 	}); err != nil {
 		return fmt.Errorf("creating credentials Secrets: %w", err)
@@ -385,19 +402,43 @@ func (b *bench) sync(ctx context.Context) error {
 	return nil
 }
 
+// credentials returns the data of the i-th credentials Secret, from what
+// the sandbox minted.
+func (b *bench) credentials(n int) (func(i int) map[string]string, error) {
+	c := b.st.Credentials
+	if b.cfg.provider == tokensv1alpha1.ProviderFacebook {
+		if len(c.FacebookSystemUserTokens) < n {
+			return nil, fmt.Errorf("the sandbox minted %d system-user tokens, want %d", len(c.FacebookSystemUserTokens), n)
+		}
+		app := c.FacebookSystemUserExpiring
+		return func(i int) map[string]string {
+			return map[string]string{"app_id": app.AppID, "app_secret": app.AppSecret, "access_token": c.FacebookSystemUserTokens[i]}
+		}, nil
+	}
+	if len(c.AmoCRMRefreshTokens) < n {
+		return nil, fmt.Errorf("the sandbox minted %d refresh tokens, want %d", len(c.AmoCRMRefreshTokens), n)
+	}
+	return func(i int) map[string]string {
+		return map[string]string{"client_id": c.AmoCRM.ClientID, "client_secret": c.AmoCRM.ClientSecret, "refresh_token": c.AmoCRMRefreshTokens[i]}
+	}, nil
+}
+
 func (b *bench) managedToken(t token, ns string) *tokensv1alpha1.ManagedToken {
-	return &tokensv1alpha1.ManagedToken{
+	mt := &tokensv1alpha1.ManagedToken{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: t.name},
 		Spec: tokensv1alpha1.ManagedTokenSpec{
-			Provider:             tokensv1alpha1.ProviderAmoCRM,
+			Provider:             b.cfg.provider,
 			CredentialsSecretRef: tokensv1alpha1.SecretReference{Name: t.credentials()},
 			SecretName:           t.output(),
-			// One AmoCRM account per token, as in real use: the manager
-			// limits calls per account (7 per second), which one shared
-			// account would make the bottleneck.
-			AmoCRM: &tokensv1alpha1.AmoCRMSpec{Domain: t.name + ".amocrm.ru", RedirectURI: b.st.Credentials.AmoCRM.RedirectURI},
 		},
 	}
+	if b.cfg.provider == tokensv1alpha1.ProviderAmoCRM {
+		// One AmoCRM account per token, as in real use: the manager
+		// limits calls per account (7 per second), which one shared
+		// account would make the bottleneck.
+		mt.Spec.AmoCRM = &tokensv1alpha1.AmoCRMSpec{Domain: t.name + ".amocrm.ru", RedirectURI: b.st.Credentials.AmoCRM.RedirectURI}
+	}
+	return mt
 }
 
 func (b *bench) createNamespace(ctx context.Context, name string) error {

@@ -53,7 +53,7 @@ func (r *results) print(w io.Writer, c config) {
 	t := table{w}
 	sec := func(d time.Duration) string { return fmt.Sprintf("%.1f s", d.Seconds()) }
 	fmt.Fprintf(w, "\n================================================================================\n")
-	fmt.Fprintf(w, "tokenkeeper bench: %d AmoCRM ManagedTokens in %d namespaces\n", n, c.namespaces)
+	fmt.Fprintf(w, "tokenkeeper bench: %d %s ManagedTokens in %d namespaces\n", n, c.provider, c.namespaces)
 	fmt.Fprintf(w, "manager: %s\n", c.managerBin)
 	fmt.Fprintf(w, "flags: --kube-api-qps %g --kube-api-burst %d --max-concurrent-reconciles %d %s\n", c.qps, c.burst, c.workers, c.managerArgs)
 	fmt.Fprintf(w, "machine: %s, %d CPUs, %s, %s\n", cpuModel(), runtime.NumCPU(), runtime.Version(), time.Now().UTC().Format("2006-01-02"))

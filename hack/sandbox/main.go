@@ -66,6 +66,7 @@ type config struct {
 	facebookRedirectURI              string
 	stateFile                        string
 	extraRefreshTokens               int
+	extraSystemUserTokens            int
 }
 
 func main() {
@@ -82,6 +83,7 @@ func main() {
 	flag.StringVar(&c.appID, "app-id", DefaultAppID, "Facebook app ID the fake accepts.")
 	flag.StringVar(&c.appSecret, "app-secret", DefaultAppSecret, "Facebook app secret the fake accepts.")
 	flag.IntVar(&c.extraRefreshTokens, "amocrm-refresh-tokens", 0, "Also mint this many AmoCRM refresh tokens into the state file (for make bench: one per ManagedToken).")
+	flag.IntVar(&c.extraSystemUserTokens, "facebook-system-user-tokens", 0, "Also mint this many expiring Facebook system-user tokens (expiring in --facebook-system-user-expires-in) into the state file (for make bench -provider facebook).")
 	flag.StringVar(&c.stateFile, "state-file", "", "Write the URLs and the minted demo credentials to this JSON file (mode 0600); removed on exit.")
 	flag.Parse()
 	if flag.NArg() > 0 {
@@ -175,6 +177,9 @@ func run(ctx context.Context, c config, logger *log.Logger, ready func(*state.St
 	for range c.extraRefreshTokens {
 		st.Credentials.AmoCRMRefreshTokens = append(st.Credentials.AmoCRMRefreshTokens, amo.IssueRefreshToken())
 	}
+	for range c.extraSystemUserTokens {
+		st.Credentials.FacebookSystemUserTokens = append(st.Credentials.FacebookSystemUserTokens, fb.IssueToken(facebookfake.KindSystemUserExpiring, now.Add(c.systemUserExpiresIn)))
+	}
 	st.Credentials.FacebookUserShort = fbCreds(facebookfake.KindUserShort, time.Time{})
 	st.Credentials.FacebookSystemUserExpiring = fbCreds(facebookfake.KindSystemUserExpiring, now.Add(c.systemUserExpiresIn))
 	st.Credentials.FacebookSystemUserNonExpiring = fbCreds(facebookfake.KindSystemUserNonExpiring, time.Time{})
@@ -219,6 +224,8 @@ func (c config) validate() error {
 		return fmt.Errorf("--facebook-system-user-expires-in must be at least 1s, got %s", c.systemUserExpiresIn)
 	case c.extraRefreshTokens < 0 || c.extraRefreshTokens > 100000:
 		return fmt.Errorf("--amocrm-refresh-tokens must be between 0 and 100000, got %d", c.extraRefreshTokens)
+	case c.extraSystemUserTokens < 0 || c.extraSystemUserTokens > 100000:
+		return fmt.Errorf("--facebook-system-user-tokens must be between 0 and 100000, got %d", c.extraSystemUserTokens)
 	case c.clientID == "" || c.clientSecret == "" || c.appID == "" || c.appSecret == "":
 		return errors.New("--client-id, --client-secret, --app-id and --app-secret must not be empty")
 	}

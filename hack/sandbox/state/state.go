@@ -54,6 +54,10 @@ type Credentials struct {
 	// AmoCRMRefreshTokens are more refresh tokens of the same AmoCRM
 	// integration, one per ManagedToken of a benchmark (--amocrm-refresh-tokens).
 	AmoCRMRefreshTokens []string `json:"amocrmRefreshTokens,omitempty"`
+	// FacebookSystemUserTokens are more expiring system-user tokens of the
+	// same app, one per ManagedToken of a benchmark
+	// (--facebook-system-user-tokens).
+	FacebookSystemUserTokens []string `json:"facebookSystemUserTokens,omitempty"`
 }
 
 // AmoCRM are an AmoCRM integration's credentials. The keys of Secret are the
