@@ -376,8 +376,10 @@ func (r *ManagedTokenReconciler) exchange(ctx context.Context, key types.Namespa
 			return *refusal
 		}
 		if i := in.record.state.Intent; i != nil && in.now.Before(i.Deadline.Add(in.intentGrace)) {
-			// Another spend of this token is in flight (a refresh): let it
-			// end and be stored, then spend the code on top of its outcome.
+			// Another spend of this token is in flight (a refresh that uses
+			// something up; one that does not writes no intent, and its
+			// result is dropped if this callback stores first): let it end
+			// and be stored, then spend the code on top of its outcome.
 			if time.Now().After(waitUntil) || sleepCtx(ctx, 250*time.Millisecond) != nil {
 				return callback.Result{Outcome: callback.NotStored, ManagedToken: name, Message: "a refresh of this token is still in progress; nothing was spent. Reload this page in a minute"}
 			}

@@ -54,6 +54,10 @@ const (
 	// this soon; one that did not act waits for a due time, a deadline or
 	// checkInterval (see TestFuzzSchedule's no-busy-loop property).
 	minWake = time.Second
+	// defaultIntentGrace is added to a spend intent's deadline before
+	// another spender treats it as over: clocks differ a little between
+	// managers.
+	defaultIntentGrace = 10 * time.Second
 	// minRefreshSpacing is the least time between two refreshes of a token
 	// that was already expired (or had no lifetime) when it was obtained.
 	minRefreshSpacing = time.Minute

@@ -1,7 +1,9 @@
 package controllers
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"time"
 
@@ -142,7 +144,7 @@ func (r *ManagedTokenReconciler) spend(ctx context.Context, in *inputs, p plan) 
 		intent.Op, intent.Spent = opRefresh, spentFingerprint(base.Token)
 	}
 	fenced := in.callback != nil || in.prov.Consumes(intent.Grant)
-	if prev := base.Intent; prev != nil && prev.Spent == intent.Spent {
+	if prev := base.Intent; fenced && prev != nil && prev.Spent == intent.Spent {
 		// The same value was sent before without an answer.
 		intent.Unanswered = prev.Unanswered
 		if intent.Unanswered == nil {
@@ -207,7 +209,7 @@ func (r *ManagedTokenReconciler) spend(ctx context.Context, in *inputs, p plan) 
 		// Nothing was used up: there is no unanswered spend for a next one
 		// to know about, and no intent to leave.
 		next.Intent = nil
-		return r.commit(cctx, in, nil, rv, next, o, commitOnStartOnly)
+		return r.commit(cctx, in, intent, rv, next, o, commitOnStartOnly)
 	}
 	return r.commit(cctx, in, intent, rv, next, o, commitKeepingPair)
 }
@@ -332,9 +334,12 @@ const (
 	// state that holds no newer pair: the value it was obtained with is
 	// used up, so the pair must not be lost.
 	commitKeepingPair commitRule = iota
-	// commitOnStartOnly writes only on the state the run started from (or
-	// that state with the run's intent); on a conflict with anything else,
-	// that wins and this run's result is dropped.
+	// commitOnStartOnly is for a spend that wrote no intent. On a conflict
+	// it writes again only on the state the run started from, or, when the
+	// run obtained a token, on a state that differs from it by another
+	// run's failure record alone (same token, same authorization request,
+	// no spend in flight: see unfencedMayOverwrite). On anything else, that
+	// wins and this run's result is dropped.
 	commitOnStartOnly
 )
 
@@ -363,7 +368,13 @@ func (r *ManagedTokenReconciler) commit(ctx context.Context, in *inputs, intent 
 				case problem != nil:
 					// Someone replaced the Secret with something we must not
 					// overwrite; keep a new pair in memory.
-				case ours(fresh.state, in.current(), intent):
+				case rule == commitOnStartOnly && unfencedMayOverwrite(fresh.state, in.current(), o.obtained, r.Clock.Now(), in.intentGrace):
+					rv = fresh.rv
+					if sec == nil {
+						rv = ""
+					}
+					continue
+				case rule != commitOnStartOnly && ours(fresh.state, in.current(), intent):
 					rv = fresh.rv
 					if sec == nil {
 						rv = ""
@@ -382,7 +393,11 @@ func (r *ManagedTokenReconciler) commit(ctx context.Context, in *inputs, intent 
 		if d, ok := ctx.Deadline(); !ok || ctx.Err() != nil || time.Now().Add(delay).After(d) {
 			o.storeErr = err
 			if o.obtained {
-				r.memory().setPending(in.key, memEntry{uid: in.mt.UID, state: next, attempts: 1, mt: in.mt, since: time.Now()})
+				var own *spendIntent
+				if rule == commitKeepingPair {
+					own = intent
+				}
+				r.memory().setPending(in.key, memEntry{uid: in.mt.UID, state: next, attempts: 1, mt: in.mt, since: time.Now(), intent: own})
 				o.state, o.stored = next, false
 				logger.Error(err, "new token could not be stored; keeping it in memory and retrying")
 			} else {
@@ -411,6 +426,39 @@ func ours(fresh, started tokenState, intent *spendIntent) bool {
 		return true
 	}
 	return spentFingerprint(fresh.Token) == spentFingerprint(started.Token) && (fresh.Intent == nil || fresh.Intent.Deadline.Before(intent.Started))
+}
+
+// unfencedMayOverwrite reports whether a spend that wrote no intent may
+// write its result over fresh, the state found on a conflict, having
+// started from started: when fresh is started itself; or when the run
+// obtained a token and fresh holds the same token, the same authorization
+// request and no spend in flight, so that what changed is at most another
+// run's failure record. That other run (a second manager) may have sent
+// the same value and been refused because this run's call used it up
+// (whether a Facebook exchange does is unconfirmed); its failure must not
+// halt the token this run obtained (TestUnfencedExchangeRaceLoserDoesNotHalt).
+// A spend in flight, a used authorization request or another token are
+// never written over (TestUnfencedSpendDropsItsResultWhenStateMoved).
+func unfencedMayOverwrite(fresh, started tokenState, obtained bool, now time.Time, grace time.Duration) bool {
+	if sameData(encodeState(fresh), encodeState(started)) {
+		return true
+	}
+	return obtained && spentFingerprint(fresh.Token) == spentFingerprint(started.Token) &&
+		!liveIntent(fresh, now, grace) && sameAuthorization(fresh.Authorization, started.Authorization)
+}
+
+// sameAuthorization reports whether a and b are the same authorization
+// request in the same phase (a callback that used it changed it).
+func sameAuthorization(a, b *authzRecord) bool {
+	ja, errA := json.Marshal(a)
+	jb, errB := json.Marshal(b)
+	return errA == nil && errB == nil && bytes.Equal(ja, jb)
+}
+
+// liveIntent reports whether s holds a spend intent whose deadline, plus
+// grace, has not passed: a spend that may still be in flight.
+func liveIntent(s tokenState, now time.Time, grace time.Duration) bool {
+	return s.Intent != nil && now.Before(s.Intent.Deadline.Add(grace))
 }
 
 // newerPair reports whether the stored state holds a pair obtained after
@@ -451,6 +499,14 @@ func (r *ManagedTokenReconciler) storePending(ctx context.Context, in *inputs) o
 		if same := samePair(fresh.state, e.state); same || newerPair(fresh.state, e.state) {
 			mem.stored(in.key, in.mt.UID, fresh.state)
 			return outcome{state: fresh.state, rv: fresh.rv, stored: true, obtained: same}
+		}
+		if i := fresh.state.Intent; liveIntent(fresh.state, r.Clock.Now(), defaultIntentGrace) &&
+			(e.intent == nil || i.Spent != e.intent.Spent || !i.Started.Equal(e.intent.Started)) {
+			// Another spend is in flight (an authorization callback on
+			// another replica): written now, this pair would erase its
+			// intent and its used authorization request. Wait for it to
+			// end (TestPendingPairWaitsForSpendInFlight).
+			return r.keepPending(ctx, in.key, e, errors.New("another spend of this token is in progress"))
 		}
 		newRV, err = r.saveState(ctx, in.mt, fresh.rv, e.state)
 	}

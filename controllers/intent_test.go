@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
 
 	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
 	"github.com/tokenkeeper/tokenkeeper/internal/provider"
@@ -216,3 +217,127 @@ func TestCrashDuringUnfencedRefresh(t *testing.T) {
 }
 
 var _ provider.Provider = (*hookProvider)(nil)
+
+// bootstrapHook calls after once a Bootstrap has answered.
+type bootstrapHook struct {
+	provider.Provider
+	after func()
+}
+
+func (p *bootstrapHook) Bootstrap(ctx context.Context, req provider.Request, grant string) (*provider.Token, error) {
+	tok, err := p.Provider.Bootstrap(ctx, req, grant)
+	if p.after != nil {
+		after := p.after
+		p.after = nil
+		after()
+	}
+	return tok, err
+}
+
+// TestUnfencedExchangeRaceLoserDoesNotHalt: two managers exchange the same
+// short-lived Facebook user token at once (no intent keeps the second one
+// out). Whether Meta revokes a short-lived token once exchanged is
+// unconfirmed, so both behaviours of the fake are covered. If it does, the
+// second exchange is refused and its failure may be stored first: the
+// first manager's token is written over that failure record, and the
+// ManagedToken does not halt. If it does not, both obtain a token and the
+// first one stored wins. Either way the stored token is valid and
+// published.
+func TestUnfencedExchangeRaceLoserDoesNotHalt(t *testing.T) {
+	for _, revokes := range []bool{true, false} {
+		t.Run(fmt.Sprintf("exchange revokes the short-lived token: %v", revokes), func(t *testing.T) {
+			h := newHarness(t, amocrmfake.Options{}, facebookfake.Options{ExchangeRevokesShortLived: revokes})
+			h.fbSetup(h.fb.IssueToken(facebookfake.KindUserShort, h.clk.Now().Add(time.Hour)))
+			other := &ManagedTokenReconciler{Client: k8sClient, APIReader: k8sClient, Scheme: scheme, Recorder: &eventLog{}, Clock: h.clk,
+				Providers: map[tokensv1alpha1.Provider]provider.Provider{
+					tokensv1alpha1.ProviderFacebook: facebook.New(facebook.Options{BaseURL: h.fbURL, Clock: h.clk})}}
+			var otherStored *tokenState
+			h.r.Providers[tokensv1alpha1.ProviderFacebook] = &bootstrapHook{Provider: h.r.Providers[tokensv1alpha1.ProviderFacebook], after: func() {
+				// The other manager tries the same token and stores its
+				// outcome before this one does.
+				if _, err := other.Reconcile(h.ctx, ctrl.Request{NamespacedName: h.key()}); err != nil {
+					t.Fatal(err)
+				}
+				st := h.state()
+				otherStored = &st
+			}}
+			h.reconcile()
+			switch {
+			case otherStored == nil:
+				t.Fatal("the other manager did not run")
+			case revokes && otherStored.Failure == nil:
+				t.Fatalf("the other manager's refusal was not stored first: %+v", otherStored)
+			case !revokes && otherStored.Token == nil:
+				t.Fatal("the other manager's token was not stored first")
+			}
+			h.reconcile()
+			mt := h.get()
+			if mt.Status.HaltedInputs != "" {
+				t.Fatalf("halted: %+v", mt.Status.Conditions)
+			}
+			h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonTokenValid)
+			st := h.state()
+			if exp, ok := h.fb.TokenInfo(st.Token.AccessToken); !ok || !exp.After(h.clk.Now()) {
+				t.Fatal("the stored token is not valid at the provider")
+			}
+			if got := string(h.output().Data["access_token"]); got != st.Token.AccessToken {
+				t.Fatal("the output Secret does not hold the stored token")
+			}
+			if st.Failure != nil || st.Intent != nil {
+				t.Fatalf("left behind: failure %+v, intent %+v", st.Failure, st.Intent)
+			}
+		})
+	}
+}
+
+// TestPendingPairWaitsForSpendInFlight: a token that could not be stored is
+// kept in memory; when writes work again but another spend is in flight
+// (its intent is live: an authorization callback on another replica), the
+// pair waits for it rather than erase its intent, and is stored once it is
+// over. A pair whose own run wrote the intent is not held back by it
+// (TestAmoCRMStateWriteFailureKeepsNewPair stores over its own).
+func TestPendingPairWaitsForSpendInFlight(t *testing.T) {
+	h := newHarness(t, amocrmfake.Options{})
+	orig := h.fb.IssueToken(facebookfake.KindSystemUserExpiring, h.clk.Now().Add(20*24*time.Hour))
+	h.fbSetup(orig)
+	h.reconcile()
+	h.r.SpendTimeout = 300 * time.Millisecond
+	h.client.failStateWrites.Store(1000)
+	h.advancePastNextRefresh()
+	h.reconcile()
+	if len(h.r.memory().pendingEntries()) != 1 {
+		t.Fatal("the refreshed token was not kept in memory")
+	}
+	// Another spend records its intent meanwhile.
+	sec := h.secret(stateSecretName(h.mt.Name))
+	other := &spendIntent{Op: opBootstrap, Grant: grantAuthorizationCode, Spent: "other-spend", Started: h.clk.Now(), Deadline: h.clk.Now().Add(time.Minute)}
+	b, err := json.Marshal(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec.Data[keyIntent] = b
+	if err := k8sClient.Update(h.ctx, sec); err != nil {
+		t.Fatal(err)
+	}
+	h.client.failStateWrites.Store(0)
+	h.reconcile()
+	st := h.state()
+	if st.Intent == nil || st.Intent.Spent != other.Spent || st.Token.AccessToken != orig {
+		t.Fatalf("the pending pair was written over a spend in flight (intent %+v)", st.Intent)
+	}
+	if h.fb.Calls("refresh") != 1 {
+		t.Fatalf("refreshes = %d, want 1: the provider is not called while a pair is pending", h.fb.Calls("refresh"))
+	}
+	h.clk.Step(time.Minute + defaultIntentGrace + time.Second)
+	h.reconcile()
+	st = h.state()
+	if st.Token.AccessToken == orig || st.Intent != nil || len(h.r.memory().pendingEntries()) != 0 {
+		t.Fatalf("the pending pair was not stored once the other spend was over (intent %+v)", st.Intent)
+	}
+	if got := string(h.output().Data["access_token"]); got != st.Token.AccessToken {
+		t.Fatal("the output Secret does not hold the stored token")
+	}
+	if h.fb.Calls("refresh") != 1 {
+		t.Fatalf("refreshes = %d, want 1", h.fb.Calls("refresh"))
+	}
+}

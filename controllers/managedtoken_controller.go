@@ -194,7 +194,7 @@ func (r *ManagedTokenReconciler) loadWith(ctx context.Context, key types.Namespa
 		key: key, mt: mt, now: r.Clock.Now(),
 		refreshJitter: tokenJitter(string(mt.UID)),
 		checkJitter:   tokenJitter("check/" + string(mt.UID)),
-		intentGrace:   10 * time.Second,
+		intentGrace:   defaultIntentGrace,
 		callback:      cb,
 	}
 	in.checkInterval = effectiveCheckInterval(&mt.Spec)

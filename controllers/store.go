@@ -186,6 +186,9 @@ type memEntry struct {
 	// when the pair was left pending.
 	mt    *tokensv1alpha1.ManagedToken
 	since time.Time
+	// intent is the spend intent the pair's run wrote (nil when it wrote
+	// none): a state holding it is this pair's own, not another spend's.
+	intent *spendIntent
 }
 
 func newMemory() *memory {

@@ -39,6 +39,11 @@ type Options struct {
 	// OmitExpiresIn makes exchange/refresh answers leave out expires_in
 	// (seen in the wild).
 	OmitExpiresIn bool
+	// ExchangeRevokesShortLived (unconfirmed) makes a successful exchange
+	// of a short-lived user token revoke that token (190/467 afterwards).
+	// Meta's documentation does not say whether the short-lived token
+	// keeps working until its own expiry (the default here).
+	ExchangeRevokesShortLived bool
 	// LongLivedTTL is the lifetime of exchanged user tokens and refreshed
 	// system-user tokens; default 60 days.
 	LongLivedTTL time.Duration
@@ -622,6 +627,9 @@ func (s *Server) exchangeLocked(w http.ResponseWriter, r *http.Request, refresh 
 		outTok = &token{kind: KindUserLong, issuedAt: now, expiresAt: now.Add(s.opts.LongLivedTTL),
 			dataAccess: now.Add(s.opts.DataAccessTTL), userID: t.userID, scopes: t.scopes}
 		out = s.addLocked(outTok)
+		if s.opts.ExchangeRevokesShortLived {
+			t.revoked = true
+		}
 	case refresh && t.kind == KindSystemUserExpiring:
 		// A new token valid LongLivedTTL from now; the old one keeps
 		// working until its own expiry.
