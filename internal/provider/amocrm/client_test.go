@@ -814,3 +814,14 @@ func TestRateLimitWaitRespectsContext(t *testing.T) {
 		t.Fatalf("got %+v after %v, %d calls", pe, time.Since(start), h.fake.Calls("account"))
 	}
 }
+
+// TestConsumes: refresh tokens and codes are single-use; adopting a
+// long-lived token uses nothing up.
+func TestConsumes(t *testing.T) {
+	c := New(Options{})
+	for grant, want := range map[string]bool{"": true, GrantRefreshToken: true, GrantAuthorizationCode: true, GrantAccessToken: false} {
+		if got := c.Consumes(grant); got != want {
+			t.Errorf("Consumes(%q) = %v, want %v", grant, got, want)
+		}
+	}
+}

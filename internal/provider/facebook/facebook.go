@@ -197,13 +197,14 @@ func (c *Client) BootstrapGrants(creds provider.Credentials) []string {
 	return grants
 }
 
-// Consumes implements provider.Provider: only an authorization code is
-// single-use. The fb_exchange_token call leaves the token it sends valid:
-// a short-lived user token until its own expiry, and an expiring
-// system-user token until its creation plus 60 days even once refreshed,
-// so exchanging it twice yields two valid tokens.
+// Consumes implements provider.Provider. A Refresh ("") uses nothing up:
+// a refreshed system-user token keeps working until its creation plus 60
+// days. Nor does a Bootstrap from access_token (a debug_token call, and the
+// exchange of a short-lived user token, which is not known to revoke it).
+// An authorization code is single-use, and so is any grant this client
+// does not know: the safe answer.
 func (c *Client) Consumes(grant string) bool {
-	return grant == KeyAuthorizationCode
+	return grant != "" && grant != KeyAccessToken
 }
 
 // Bootstrap implements provider.Provider.

@@ -928,3 +928,14 @@ func TestRedirectsAreNotFollowed(t *testing.T) {
 		t.Fatalf("the redirect target got %d requests", len(hits))
 	}
 }
+
+// TestConsumes: only what a second send could be refused for is reported
+// as used up; an unknown grant counts as used up.
+func TestConsumes(t *testing.T) {
+	c := facebook.New(facebook.Options{})
+	for grant, want := range map[string]bool{"": false, facebook.KeyAccessToken: false, facebook.KeyAuthorizationCode: true, "something_new": true} {
+		if got := c.Consumes(grant); got != want {
+			t.Errorf("Consumes(%q) = %v, want %v", grant, got, want)
+		}
+	}
+}
