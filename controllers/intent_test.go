@@ -7,9 +7,7 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 
 	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
@@ -108,27 +106,14 @@ func TestUnfencedSpendDropsItsResultWhenStateMoved(t *testing.T) {
 	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, "")
 	h.advancePastNextRefresh()
 
-	other := &spendIntent{Op: opBootstrap, Grant: grantAuthorizationCode, Spent: "other-spend",
-		Started: h.clk.Now(), Deadline: h.clk.Now().Add(time.Minute)}
+	other := h.otherSpend()
 	injected := false
 	h.client.beforeWrite = func(role string) {
 		if role != roleState || injected {
 			return
 		}
 		injected = true
-		sec := &corev1.Secret{}
-		key := types.NamespacedName{Namespace: h.ns, Name: stateSecretName(h.mt.Name)}
-		if err := k8sClient.Get(h.ctx, key, sec); err != nil {
-			t.Fatal(err)
-		}
-		b, err := json.Marshal(other)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sec.Data[keyIntent] = b
-		if err := k8sClient.Update(h.ctx, sec); err != nil {
-			t.Fatal(err)
-		}
+		h.injectIntent(other)
 	}
 	h.reconcile()
 	if !injected {
@@ -165,6 +150,31 @@ func TestUnfencedSpendDropsItsResultWhenStateMoved(t *testing.T) {
 		t.Fatal("the output Secret does not hold the stored token")
 	}
 	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonTokenValid)
+}
+
+// otherSpend is the intent of another spend (an authorization callback's
+// code exchange, say) that started now and may run for a minute.
+func (h *harness) otherSpend() *spendIntent {
+	return &spendIntent{Op: opBootstrap, Grant: grantAuthorizationCode, Spent: "other-spend",
+		Started: h.clk.Now(), Deadline: h.clk.Now().Add(time.Minute)}
+}
+
+// injectIntent writes i into the stored state, as that other spender
+// would, bypassing the reconciler's client and its hooks.
+func (h *harness) injectIntent(i *spendIntent) {
+	h.t.Helper()
+	sec := h.secret(stateSecretName(h.mt.Name))
+	if sec == nil {
+		h.t.Fatal("no state Secret to record an intent in")
+	}
+	b, err := json.Marshal(i)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	sec.Data[keyIntent] = b
+	if err := k8sClient.Update(h.ctx, sec); err != nil {
+		h.t.Fatal(err)
+	}
 }
 
 // TestCrashDuringUnfencedRefresh kills, or cancels, the manager after a
@@ -309,16 +319,8 @@ func TestPendingPairWaitsForSpendInFlight(t *testing.T) {
 		t.Fatal("the refreshed token was not kept in memory")
 	}
 	// Another spend records its intent meanwhile.
-	sec := h.secret(stateSecretName(h.mt.Name))
-	other := &spendIntent{Op: opBootstrap, Grant: grantAuthorizationCode, Spent: "other-spend", Started: h.clk.Now(), Deadline: h.clk.Now().Add(time.Minute)}
-	b, err := json.Marshal(other)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sec.Data[keyIntent] = b
-	if err := k8sClient.Update(h.ctx, sec); err != nil {
-		t.Fatal(err)
-	}
+	other := h.otherSpend()
+	h.injectIntent(other)
 	h.client.failStateWrites.Store(0)
 	h.reconcile()
 	st := h.state()
