@@ -115,9 +115,11 @@ func (r *ManagedTokenReconciler) execute(ctx context.Context, in *inputs, p plan
 // nothing (a Facebook exchange or system-user refresh, adopting an AmoCRM
 // long-lived token) writes no intent: made twice, by two managers or again
 // after a crash, it only yields two valid tokens. Its outcome is stored
-// only on the very state it started from: when the state moved on, it is
-// dropped (see commitOnStartOnly), so it never undoes a concurrent spend's
-// intent or a used authorization request (TestSpendIntentOnlyForConsumingCalls,
+// only on the state it started from or over another run's bookkeeping;
+// when the token, the authorization request or a spend in flight changed,
+// it is dropped (see commitOnStartOnly), so it never undoes a concurrent
+// spend's intent or a used authorization request
+// (TestSpendIntentOnlyForConsumingCalls,
 // TestUnfencedSpendDropsItsResultWhenStateMoved). A write that fails for
 // another reason keeps a new token in memory, as in step 3: dropped, it
 // would be fetched again at every retry while writes fail.
@@ -337,9 +339,9 @@ const (
 	// commitOnStartOnly is for a spend that wrote no intent. On a conflict
 	// it writes again only on the state the run started from, or, when the
 	// run obtained a token, on a state that differs from it by another
-	// run's failure record alone (same token, same authorization request,
-	// no spend in flight: see unfencedMayOverwrite). On anything else, that
-	// wins and this run's result is dropped.
+	// run's bookkeeping alone, such as its failure record (same token, same
+	// authorization request, no spend in flight: see unfencedMayOverwrite).
+	// On anything else, that wins and this run's result is dropped.
 	commitOnStartOnly
 )
 
@@ -433,7 +435,8 @@ func ours(fresh, started tokenState, intent *spendIntent) bool {
 // started from started: when fresh is started itself; or when the run
 // obtained a token and fresh holds the same token, the same authorization
 // request and no spend in flight, so that what changed is at most another
-// run's failure record. That other run (a second manager) may have sent
+// run's bookkeeping (its failure record, a grant it marked used). That
+// other run (a second manager) may have sent
 // the same value and been refused because this run's call used it up
 // (whether a Facebook exchange does is unconfirmed); its failure must not
 // halt the token this run obtained (TestUnfencedExchangeRaceLoserDoesNotHalt).
