@@ -81,6 +81,8 @@ type token struct {
 	name, provider, credentials, output, what string
 	refreshBefore, checkInterval              string
 	data                                      func(*state.State) map[string]string
+	// page: publish the token of the sandbox's Page (spec.facebook.pageID).
+	page bool
 }
 
 var tokens = []token{
@@ -115,6 +117,12 @@ var tokens = []token{
 		refreshBefore: "168h", checkInterval: "1m",
 		what: "Facebook system-user token that never expires: checked, never refreshed",
 		data: func(s *state.State) map[string]string { return s.Credentials.FacebookSystemUserNonExpiring.Secret() },
+	},
+	{
+		name: "facebook-page", provider: "Facebook", credentials: "facebook-page-credentials", output: "facebook-page-token",
+		refreshBefore: "168h", checkInterval: "1m", page: true,
+		what: "Facebook Page token, derived from a long-lived user token with a role on the Page",
+		data: func(s *state.State) map[string]string { return s.Credentials.FacebookPageUser.Secret() },
 	},
 }
 
@@ -337,7 +345,7 @@ func (d *demo) createObjects(ctx context.Context) error {
 			return err
 		}
 	}
-	out, err := d.kubectl(ctx, manifests(d.st.Credentials.AmoCRM.RedirectURI), "apply", "-f", "-")
+	out, err := d.kubectl(ctx, manifests(d.st.Credentials.AmoCRM.RedirectURI, d.st.Credentials.FacebookPageID), "apply", "-f", "-")
 	if err != nil {
 		return err
 	}
@@ -347,8 +355,9 @@ func (d *demo) createObjects(ctx context.Context) error {
 	return nil
 }
 
-// manifests renders the demo's ManagedTokens as YAML.
-func manifests(redirectURI string) string {
+// manifests renders the demo's ManagedTokens as YAML, for the AmoCRM
+// integration's redirect URI and the sandbox's Facebook Page.
+func manifests(redirectURI, pageID string) string {
 	var b strings.Builder
 	for i, t := range tokens {
 		if i > 0 {
@@ -360,6 +369,9 @@ func manifests(redirectURI string) string {
 		fmt.Fprintf(&b, "  refreshBefore: %s\n  checkInterval: %s\n", t.refreshBefore, t.checkInterval)
 		if t.provider == "AmoCRM" {
 			fmt.Fprintf(&b, "  amocrm:\n    domain: %s\n    redirectURI: %s\n", amoCRMDomain, strconv.Quote(redirectURI))
+		}
+		if t.page {
+			fmt.Fprintf(&b, "  facebook:\n    pageID: %s\n", strconv.Quote(pageID))
 		}
 	}
 	return b.String()
@@ -496,8 +508,8 @@ func (d *demo) tick(ctx context.Context, title string) *state.Status {
 	refreshes := max(s.RefreshGrants-1, 0)
 	devenv.Say("Sandbox: AmoCRM refresh grants %d (bootstrap + %d refreshes), reused refresh tokens %d (must stay 0), account probes %d",
 		s.RefreshGrants, refreshes, s.ReusedRefreshTokens, s.AccountProbes)
-	devenv.Say("         Facebook exchanges %d, system-user refreshes %d, debug_token calls %d",
-		s.FacebookExchanges, s.FacebookRefreshes, s.DebugTokenCalls)
+	devenv.Say("         Facebook exchanges %d, system-user refreshes %d, debug_token calls %d, Page token requests %d",
+		s.FacebookExchanges, s.FacebookRefreshes, s.DebugTokenCalls, s.PageTokenCalls)
 	if s.ReusedRefreshTokens > 0 {
 		devenv.Say("WARNING: the operator presented an already consumed AmoCRM refresh token %d time(s)", s.ReusedRefreshTokens)
 	}

@@ -10,11 +10,12 @@ import (
 )
 
 func TestManifests(t *testing.T) {
-	y := manifests("https://example.com/cb")
+	y := manifests("https://example.com/cb", "104169029247128")
 	for _, want := range []string{
 		"apiVersion: tokens.tokenkeeper.dev/v1alpha1", "name: amocrm\n", "provider: AmoCRM",
 		"domain: " + amocrmfake.DefaultDomain, `redirectURI: "https://example.com/cb"`, "refreshBefore: 2m", "checkInterval: 1m",
 		"name: facebook-never-expires\n", "secretName: facebook-system-user-token",
+		"name: facebook-page\n", "  facebook:\n    pageID: \"104169029247128\"\n",
 	} {
 		if !strings.Contains(y, want) {
 			t.Errorf("manifests lack %q:\n%s", want, y)
@@ -22,6 +23,9 @@ func TestManifests(t *testing.T) {
 	}
 	if n := strings.Count(y, "kind: ManagedToken"); n != len(tokens) {
 		t.Errorf("%d ManagedTokens rendered, want %d", n, len(tokens))
+	}
+	if n := strings.Count(y, "pageID:"); n != 1 {
+		t.Errorf("%d ManagedTokens name a Page, want 1 (facebook-page)", n)
 	}
 	for _, tk := range tokens {
 		if tk.credentials == tk.output {

@@ -3,8 +3,9 @@
 // operator by hand without real accounts.
 //
 // At start it mints demo credentials: an AmoCRM refresh token, a Facebook
-// short-lived user token, a system-user token that expires in about 3 days
-// and a system-user token that never expires. With --state-file it writes
+// short-lived user token, a system-user token that expires in about 3 days,
+// a system-user token that never expires, and a long-lived user token with a
+// role on the Page DemoPageID (for a ManagedToken with spec.facebook.pageID). With --state-file it writes
 // them, with both base URLs, to a JSON file (mode 0600) that hack/demo reads
 // to create the credentials Secrets.
 //
@@ -55,6 +56,9 @@ const (
 	DefaultRedirectURI  = "https://tokenkeeper-demo.example.com/amocrm/oauth/callback"
 	DefaultAppID        = "100000000000042"
 	DefaultAppSecret    = "0d3e0a55b1e2c4d6f8a9b7c5d3e1f2a4"
+	// DemoPageID is the fake Page the minted long-lived user token has a
+	// role on.
+	DemoPageID = "104169029247128"
 )
 
 type config struct {
@@ -183,6 +187,9 @@ func run(ctx context.Context, c config, logger *log.Logger, ready func(*state.St
 	st.Credentials.FacebookUserShort = fbCreds(facebookfake.KindUserShort, time.Time{})
 	st.Credentials.FacebookSystemUserExpiring = fbCreds(facebookfake.KindSystemUserExpiring, now.Add(c.systemUserExpiresIn))
 	st.Credentials.FacebookSystemUserNonExpiring = fbCreds(facebookfake.KindSystemUserNonExpiring, time.Time{})
+	st.Credentials.FacebookPageUser = fbCreds(facebookfake.KindUserLong, now.Add(c.longLivedTTL))
+	st.Credentials.FacebookPageID = DemoPageID
+	fb.AddPage(DemoPageID, st.Credentials.FacebookPageUser.AccessToken)
 
 	if c.stateFile != "" {
 		if err := state.Write(c.stateFile, st); err != nil {
@@ -195,7 +202,7 @@ func run(ctx context.Context, c config, logger *log.Logger, ready func(*state.St
 		st.AmoCRMURL, c.accessTokenTTL, st.FacebookURL, st.StatusURL)
 	logger.Printf("consent pages approve at once: AmoCRM %s redirects to %s; Facebook dialog %s/{version}/dialog/oauth redirects to %s",
 		st.AmoCRMConsentURL, c.redirect, st.FacebookDialogURL, orAny(c.facebookRedirectURI))
-	logger.Printf("minted demo credentials: 1 AmoCRM refresh token, Facebook USER (short-lived), SYSTEM_USER (expires in %s), SYSTEM_USER (never expires)", c.systemUserExpiresIn)
+	logger.Printf("minted demo credentials: 1 AmoCRM refresh token, Facebook USER (short-lived), SYSTEM_USER (expires in %s), SYSTEM_USER (never expires), USER (long-lived, with a role on Page %s)", c.systemUserExpiresIn, DemoPageID)
 	if ready != nil {
 		ready(st)
 	}
@@ -271,6 +278,7 @@ func status(amo *amocrmfake.Server, fb *facebookfake.Server) state.Status {
 		FacebookExchanges:       fb.Calls(facebookfake.OpExchange),
 		FacebookRefreshes:       fb.Calls(facebookfake.OpRefresh),
 		DebugTokenCalls:         fb.Calls(facebookfake.OpDebugToken),
+		PageTokenCalls:          fb.Calls(facebookfake.OpPage),
 		AmoCRMConsents:          amo.Calls("consent"),
 		FacebookDialogs:         fb.Calls(facebookfake.OpDialog),
 		FacebookCodeGrants:      fb.Calls(facebookfake.OpAuthorizationCode),

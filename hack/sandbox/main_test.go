@@ -84,6 +84,8 @@ func TestSandbox(t *testing.T) {
 		"fb user":              creds.FacebookUserShort.AccessToken,
 		"fb system user":       creds.FacebookSystemUserExpiring.AccessToken,
 		"fb never expires":     creds.FacebookSystemUserNonExpiring.AccessToken,
+		"fb Page user":         creds.FacebookPageUser.AccessToken,
+		"fb Page ID":           creds.FacebookPageID,
 	} {
 		if v == "" {
 			t.Errorf("%s missing from the state", name)
@@ -155,6 +157,29 @@ func TestSandbox(t *testing.T) {
 		t.Fatalf("Facebook exchange: HTTP %d, expires_in %d", resp.StatusCode, fbTok.ExpiresIn)
 	}
 
+	// The long-lived user token has a role on the Page: its Page token can
+	// be derived; the short-lived user token has none.
+	derive := func(parent string) (int, string) {
+		q := url.Values{"fields": {"access_token"}, "access_token": {parent}}
+		resp, err := http.Get(st.FacebookURL + "/v26.0/" + creds.FacebookPageID + "?" + q.Encode())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var page struct {
+			AccessToken string `json:"access_token"`
+		}
+		_ = json.NewDecoder(resp.Body).Decode(&page)
+		return resp.StatusCode, page.AccessToken
+	}
+	code, pageTok := derive(creds.FacebookPageUser.AccessToken)
+	if code != http.StatusOK || pageTok == "" || pageTok == creds.FacebookPageUser.AccessToken {
+		t.Fatalf("Page token from the Page user: HTTP %d, a token: %t", code, pageTok != "")
+	}
+	if code, other := derive(creds.FacebookSystemUserNonExpiring.AccessToken); code != http.StatusOK || other != "" {
+		t.Errorf("a token without a role on the Page: HTTP %d, a Page token: %t (want 200, none)", code, other != "")
+	}
+
 	resp, err = http.Get(st.StatusURL)
 	if err != nil {
 		t.Fatal(err)
@@ -166,7 +191,7 @@ func TestSandbox(t *testing.T) {
 	if err := json.Unmarshal(raw.Bytes(), &s); err != nil {
 		t.Fatal(err)
 	}
-	want := state.Status{RefreshGrants: 3, ReusedRefreshTokens: 1, FacebookExchanges: 1}
+	want := state.Status{RefreshGrants: 3, ReusedRefreshTokens: 1, FacebookExchanges: 1, PageTokenCalls: 2}
 	if s != want {
 		t.Errorf("status = %+v, want %+v", s, want)
 	}
@@ -192,6 +217,7 @@ func TestSandbox(t *testing.T) {
 		creds.AmoCRM.ClientSecret, creds.AmoCRM.RefreshToken, extra[0], extra[1], tok.AccessToken, fbTok.AccessToken,
 		creds.FacebookUserShort.AppSecret, creds.FacebookUserShort.AccessToken,
 		creds.FacebookSystemUserExpiring.AccessToken, creds.FacebookSystemUserNonExpiring.AccessToken,
+		creds.FacebookPageUser.AccessToken, pageTok,
 	}
 	for _, sec := range secrets {
 		if strings.Contains(out, sec) || strings.Contains(raw.String(), sec) {

@@ -51,6 +51,12 @@ type Credentials struct {
 	FacebookSystemUserExpiring Facebook `json:"facebookSystemUserExpiring"`
 	// FacebookSystemUserNonExpiring holds a SYSTEM_USER token that never expires.
 	FacebookSystemUserNonExpiring Facebook `json:"facebookSystemUserNonExpiring"`
+	// FacebookPageUser holds a long-lived USER token (about 60 days) with a
+	// role on the Page FacebookPageID: spec.facebook.pageID makes the
+	// operator publish that Page's token, derived from it.
+	FacebookPageUser Facebook `json:"facebookPageUser"`
+	// FacebookPageID is the fake Page FacebookPageUser has a role on.
+	FacebookPageID string `json:"facebookPageID"`
 	// AmoCRMRefreshTokens are more refresh tokens of the same AmoCRM
 	// integration, one per ManagedToken of a benchmark (--amocrm-refresh-tokens).
 	AmoCRMRefreshTokens []string `json:"amocrmRefreshTokens,omitempty"`
@@ -151,6 +157,9 @@ type Status struct {
 	FacebookRefreshes int `json:"facebookRefreshes"`
 	// DebugTokenCalls counts debug_token requests.
 	DebugTokenCalls int `json:"debugTokenCalls"`
+	// PageTokenCalls counts GET /{page-id} requests (Page token
+	// derivations).
+	PageTokenCalls int `json:"pageTokenCalls"`
 	// AmoCRMConsents counts requests to the fake AmoCRM OAuth page.
 	AmoCRMConsents int `json:"amocrmConsents"`
 	// FacebookDialogs counts requests to the fake login dialog.
