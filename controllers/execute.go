@@ -483,7 +483,7 @@ func (r *ManagedTokenReconciler) storePending(ctx context.Context, in *inputs) o
 		// Stored by the other one while this one waited for the lock (by
 		// the keeper for the ManagedToken that obtained it, or by a
 		// reconcile of one created again with its name).
-		if last, ok := mem.lastStoredPair(in.key); ok && samePair(last, e.state) {
+		if last, _, ok := mem.lastStored(in.key); ok && samePair(last, e.state) {
 			return outcome{state: last, stored: true, obtained: true}
 		}
 	}

@@ -222,7 +222,7 @@ func (r *ManagedTokenReconciler) loadWith(ctx context.Context, key types.Namespa
 	if e, ok := mem.pendingFor(key, mt); ok {
 		in.pending = &e
 	} else if sec == nil {
-		if last, ok := mem.lastStored(key, mt.UID); ok {
+		if last, uid, ok := mem.lastStored(key); ok && uid == mt.UID {
 			in.restore = &last
 		}
 	}

@@ -303,14 +303,6 @@ func (m *memory) pendingFor(key types.NamespacedName, mt *tokensv1alpha1.Managed
 	return e, e.uid == mt.UID || (e.mt != nil && e.mt.Spec.Provider == mt.Spec.Provider)
 }
 
-// lastStoredPair returns the state last stored under key, by any
-// ManagedToken of that name.
-func (m *memory) lastStoredPair(key types.NamespacedName) (tokenState, bool) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	e, ok := m.last[key]
-	return e.state, ok
-}
 
 // stored records that s is durably stored for the ManagedToken.
 func (m *memory) stored(key types.NamespacedName, uid types.UID, s tokenState) {
@@ -320,12 +312,14 @@ func (m *memory) stored(key types.NamespacedName, uid types.UID, s tokenState) {
 	m.last[key] = memEntry{uid: uid, state: s}
 }
 
-// lastStored returns the state last stored for the ManagedToken.
-func (m *memory) lastStored(key types.NamespacedName, uid types.UID) (tokenState, bool) {
+// lastStored returns the state last stored under key and the UID of the
+// ManagedToken it was stored for (a ManagedToken deleted and created again
+// with the name has another).
+func (m *memory) lastStored(key types.NamespacedName) (tokenState, types.UID, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	e, ok := m.last[key]
-	return e.state, ok && e.uid == uid
+	return e.state, e.uid, ok
 }
 
 // restartOwed reports whether a failed rollout restart must be retried.
