@@ -52,7 +52,7 @@ const (
 	refreshTokenMaxIdle = 30 * 24 * time.Hour
 	// minWake is the shortest requeue. A reconcile that acted may come back
 	// this soon; one that did not act waits for a due time, a deadline or
-	// checkInterval (see TestFuzzSchedule's no-busy-loop property).
+	// checkInterval (see FuzzSchedule's no-busy-loop property).
 	minWake = time.Second
 	// defaultIntentGrace is added to a spend intent's deadline before
 	// another spender treats it as over: clocks differ a little between
