@@ -303,7 +303,6 @@ func (m *memory) pendingFor(key types.NamespacedName, mt *tokensv1alpha1.Managed
 	return e, e.uid == mt.UID || (e.mt != nil && e.mt.Spec.Provider == mt.Spec.Provider)
 }
 
-
 // stored records that s is durably stored for the ManagedToken.
 func (m *memory) stored(key types.NamespacedName, uid types.UID, s tokenState) {
 	m.mu.Lock()
