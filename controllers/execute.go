@@ -387,6 +387,7 @@ func (r *ManagedTokenReconciler) commit(ctx context.Context, in *inputs, intent 
 					continue
 				default:
 					logger.Info("the stored state moved on meanwhile; keeping the newer state")
+					r.memory().sawNewer(in.key, in.mt.UID, in.readRV, fresh)
 					return outcome{state: fresh.state, rv: fresh.rv, stored: true, conflict: true}
 				}
 			}

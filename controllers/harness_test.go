@@ -83,6 +83,20 @@ type flakyClient struct {
 	// beforeWrite, when set, is called before each Secret write with the
 	// Secret's role: race tests let another writer in there.
 	beforeWrite func(role string)
+	// staleState, when set, is what a Get of the state Secret returns, as
+	// an informer cache that has not seen later writes would.
+	staleState atomic.Pointer[corev1.Secret]
+}
+
+// Get returns staleState for the state Secret while it is set.
+func (f *flakyClient) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	if stale := f.staleState.Load(); stale != nil && key.Namespace == stale.Namespace && key.Name == stale.Name {
+		if sec, ok := obj.(*corev1.Secret); ok {
+			stale.DeepCopyInto(sec)
+			return nil
+		}
+	}
+	return f.Client.Get(ctx, key, obj, opts...)
 }
 
 func (f *flakyClient) writing(obj client.Object) { callWithRole(f.beforeWrite, obj) }

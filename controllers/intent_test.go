@@ -152,6 +152,65 @@ func TestUnfencedSpendDropsItsResultWhenStateMoved(t *testing.T) {
 	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonTokenValid)
 }
 
+// TestLaggingCacheCallsTheProviderOnce: another manager refreshed a
+// Facebook token while this one's cache still shows the older, due state.
+// This one's refresh (which records no intent) finds the state moved when
+// it writes and drops its token; the runs after it decide from the state
+// the conflict showed, not from the lagging cache, so they call Facebook
+// no more and publish the other manager's token.
+func TestLaggingCacheCallsTheProviderOnce(t *testing.T) {
+	h := newHarness(t, amocrmfake.Options{})
+	orig := h.fb.IssueToken(facebookfake.KindSystemUserExpiring, h.clk.Now().Add(20*24*time.Hour))
+	h.fbSetup(orig)
+	h.reconcile()
+	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, "")
+	h.advancePastNextRefresh()
+
+	// The cache keeps showing the due state; the other manager stores a
+	// token refreshed just now.
+	h.client.staleState.Store(h.secret(stateSecretName(h.mt.Name)))
+	sec := h.secret(stateSecretName(h.mt.Name))
+	st := h.state()
+	theirs := h.fb.IssueToken(facebookfake.KindSystemUserExpiring, h.clk.Now().Add(60*24*time.Hour))
+	tok := *st.Token
+	tok.AccessToken, tok.ExpiresAt, tok.ObtainedAt = theirs, h.clk.Now().Add(60*24*time.Hour), h.clk.Now()
+	st.Token = &tok
+	sec.Data = encodeState(st)
+	if err := k8sClient.Update(h.ctx, sec); err != nil {
+		t.Fatal(err)
+	}
+
+	h.reconcile()
+	if n := h.fb.Calls("refresh"); n != 1 {
+		t.Fatalf("refreshes = %d, want 1 (the run on the lagging cache)", n)
+	}
+	if h.state().Token.AccessToken != theirs {
+		t.Fatal("the dropped refresh was stored over the other manager's token")
+	}
+	for i := range 3 {
+		res := h.reconcile()
+		if n := h.fb.Calls("refresh"); n != 1 {
+			t.Fatalf("run %d on the lagging cache refreshed again (%d refreshes)", i+2, n)
+		}
+		if res.RequeueAfter < time.Hour {
+			t.Fatalf("run %d: requeue after %v, want the next check", i+2, res.RequeueAfter)
+		}
+	}
+	if got := string(h.output().Data["access_token"]); got != theirs {
+		t.Fatal("the output Secret does not hold the stored token")
+	}
+
+	// Once the cache has caught up, the recorded version is dropped.
+	h.client.staleState.Store(nil)
+	h.reconcile()
+	if n := h.fb.Calls("refresh"); n != 1 {
+		t.Fatalf("refreshes = %d after the cache caught up, want 1", n)
+	}
+	if _, ok := h.r.memory().newer[h.key()]; ok {
+		t.Error("the newer state is still recorded after the cache caught up")
+	}
+}
+
 // otherSpend is the intent of another spend (an authorization callback's
 // code exchange, say) that started now and may run for a minute.
 func (h *harness) otherSpend() *spendIntent {

@@ -148,6 +148,9 @@ type inputs struct {
 
 	// record is the stored state and the resourceVersion it was read at.
 	record stateRecord
+	// readRV is the resourceVersion the read returned, older than record's
+	// when record is a version the cache had not caught up with.
+	readRV string
 	// pending is a pair issued but not stored yet (from memory); restore is
 	// a stored state whose Secret was deleted (from memory).
 	pending *memEntry
@@ -216,9 +219,11 @@ func (r *ManagedTokenReconciler) loadWith(ctx context.Context, key types.Namespa
 		in.problem, in.stateBroken = problem, true
 		return in, nil
 	}
-	in.record = rec
-	in.authzRequest = newAuthorizationRequest(mt, rec.state.Authorization)
 	mem := r.memory()
+	// A version the cache has not caught up with yet, if a conflict showed
+	// one (see newerState).
+	in.record, in.readRV = mem.catchUpState(key, mt.UID, rec), rec.rv
+	in.authzRequest = newAuthorizationRequest(mt, in.record.state.Authorization)
 	if e, ok := mem.pendingFor(key, mt); ok {
 		in.pending = &e
 	} else if sec == nil {

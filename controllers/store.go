@@ -143,7 +143,8 @@ func ownedLabels(mt *tokensv1alpha1.ManagedToken, role string) map[string]string
 // pairs the provider issued that could not be stored yet (while one is
 // pending, the provider is not called for that ManagedToken, because the
 // old refresh token is already dead), the last stored state (so a deleted
-// state Secret is written again), and rollout restarts that failed.
+// state Secret is written again), rollout restarts that failed, and state
+// versions the cache has not caught up with (newerState).
 // It is a last resort behind the state Secret, not a second source of truth:
 // a process that dies loses it, which the README says.
 type memory struct {
@@ -155,6 +156,9 @@ type memory struct {
 	// resourceVersion the ManagedToken had before that write: while the
 	// cache still shows that version, the cache has not seen the write.
 	written map[types.NamespacedName]writtenStatus
+	// newer is a state Secret version a commit found on the API server
+	// when the cache still showed an older one (see newerState).
+	newer map[types.NamespacedName]newerState
 	// storing serializes storing a pending pair per ManagedToken: the
 	// reconciler and the keeper may both try. An entry lives only while
 	// someone holds or waits for it.
@@ -177,6 +181,17 @@ type writtenStatus struct {
 	status        tokensv1alpha1.ManagedTokenStatus
 }
 
+// newerState is a state Secret as read from the API server (rec) after a
+// write based on the cache's version (before) conflicted: while the cache
+// still shows before, the decision uses rec. Without it a run whose write
+// records no intent (a Facebook refresh) would call the provider again at
+// each retry until the cache caught up (TestLaggingCacheCallsTheProviderOnce).
+type newerState struct {
+	uid    types.UID
+	before string
+	rec    stateRecord
+}
+
 type memEntry struct {
 	uid      types.UID
 	state    tokenState
@@ -197,6 +212,7 @@ func newMemory() *memory {
 		last:     map[types.NamespacedName]memEntry{},
 		restarts: map[types.NamespacedName]bool{},
 		written:  map[types.NamespacedName]writtenStatus{},
+		newer:    map[types.NamespacedName]newerState{},
 		storing:  map[types.NamespacedName]*storeLock{},
 	}
 }
@@ -270,6 +286,36 @@ func (m *memory) catchUp(key types.NamespacedName, mt *tokensv1alpha1.ManagedTok
 		mt.Status = *w.status.DeepCopy()
 		mt.ResourceVersion = w.after
 	}
+}
+
+// sawNewer records that the API server holds rec, newer than the version
+// before that the cache showed. An absent Secret (before "") is not
+// recorded: a state Secret deleted later must be seen as deleted.
+func (m *memory) sawNewer(key types.NamespacedName, uid types.UID, before string, rec stateRecord) {
+	if before == "" || rec.rv == "" || rec.rv == before {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.newer[key] = newerState{uid: uid, before: before, rec: rec}
+}
+
+// catchUpState returns the newer state recorded for rec's version, while
+// the cache still shows that version, and else rec (dropping a record the
+// cache has moved past). A resourceVersion is never reused, so the cache
+// showing before means only that it has not seen the newer write yet.
+func (m *memory) catchUpState(key types.NamespacedName, uid types.UID, rec stateRecord) stateRecord {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n, ok := m.newer[key]
+	if !ok {
+		return rec
+	}
+	if n.uid == uid && n.before == rec.rv {
+		return n.rec
+	}
+	delete(m.newer, key)
+	return rec
 }
 
 // pendingPair returns the unstored pair of the ManagedToken key with that uid.
@@ -346,4 +392,5 @@ func (m *memory) forget(key types.NamespacedName) {
 	delete(m.last, key)
 	delete(m.restarts, key)
 	delete(m.written, key)
+	delete(m.newer, key)
 }
