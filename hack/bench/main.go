@@ -229,7 +229,12 @@ func (b *bench) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if b.track, err = startTracker(ctx, b.driverCfg); err != nil {
+	// The tracker's watch ends before the control plane stops (cleanups
+	// run in reverse): an open watch held kube-apiserver's shutdown until
+	// it was killed 30 s later.
+	trackCtx, stopTracker := context.WithCancel(ctx)
+	b.onCleanup(stopTracker)
+	if b.track, err = startTracker(trackCtx, b.driverCfg); err != nil {
 		return err
 	}
 	if err := b.startManager(ctx, "manager.log"); err != nil {
