@@ -100,11 +100,7 @@ func TestSpendIntentOnlyForConsumingCalls(t *testing.T) {
 // with it what keeps a third spender out.
 func TestUnfencedSpendDropsItsResultWhenStateMoved(t *testing.T) {
 	h := newHarness(t, amocrmfake.Options{})
-	orig := h.fb.IssueToken(facebookfake.KindSystemUserExpiring, h.clk.Now().Add(20*24*time.Hour))
-	h.fbSetup(orig)
-	h.reconcile()
-	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, "")
-	h.advancePastNextRefresh()
+	orig := h.dueFacebookToken()
 
 	other := h.otherSpend()
 	injected := false
@@ -160,11 +156,7 @@ func TestUnfencedSpendDropsItsResultWhenStateMoved(t *testing.T) {
 // no more and publish the other manager's token.
 func TestLaggingCacheCallsTheProviderOnce(t *testing.T) {
 	h := newHarness(t, amocrmfake.Options{})
-	orig := h.fb.IssueToken(facebookfake.KindSystemUserExpiring, h.clk.Now().Add(20*24*time.Hour))
-	h.fbSetup(orig)
-	h.reconcile()
-	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, "")
-	h.advancePastNextRefresh()
+	h.dueFacebookToken()
 
 	// The cache keeps showing the due state; the other manager stores a
 	// token refreshed just now.
@@ -209,6 +201,18 @@ func TestLaggingCacheCallsTheProviderOnce(t *testing.T) {
 	if _, ok := h.r.memory().newer[h.key()]; ok {
 		t.Error("the newer state is still recorded after the cache caught up")
 	}
+}
+
+// dueFacebookToken makes a Ready Facebook system-user token that is due
+// for a refresh, and returns it.
+func (h *harness) dueFacebookToken() string {
+	h.t.Helper()
+	tok := h.fb.IssueToken(facebookfake.KindSystemUserExpiring, h.clk.Now().Add(20*24*time.Hour))
+	h.fbSetup(tok)
+	h.reconcile()
+	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, "")
+	h.advancePastNextRefresh()
+	return tok
 }
 
 // otherSpend is the intent of another spend (an authorization callback's
