@@ -4,10 +4,11 @@
 //
 // At start it mints demo credentials: an AmoCRM refresh token, a Facebook
 // short-lived user token, a system-user token that expires in about 3 days,
-// a system-user token that never expires, and a long-lived user token with a
-// role on the Page DemoPageID (for a ManagedToken with spec.facebook.pageID). With --state-file it writes
-// them, with both base URLs, to a JSON file (mode 0600) that hack/demo reads
-// to create the credentials Secrets.
+// a system-user token that never expires, and a long-lived user token with
+// a role on the Page DemoPageID (for a ManagedToken with
+// spec.facebook.pageID). With --state-file it writes them, with both base
+// URLs, to a JSON file (mode 0600) that hack/demo reads to create the
+// credentials Secrets.
 //
 // Both fakes also serve the consent side of one-click authorization: the
 // AmoCRM OAuth page (<amocrmURL>/oauth, for --amocrm-consent-url) and the
