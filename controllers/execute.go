@@ -370,19 +370,11 @@ func (r *ManagedTokenReconciler) commit(ctx context.Context, in *inputs, intent 
 				case problem != nil:
 					// Someone replaced the Secret with something we must not
 					// overwrite; keep a new pair in memory.
-				case rule == commitOnStartOnly && unfencedMayOverwrite(fresh.state, in.current(), o.obtained, r.Clock.Now(), in.intentGrace):
-					rv = fresh.rv
-					if sec == nil {
-						rv = ""
-					}
-					continue
-				case rule != commitOnStartOnly && ours(fresh.state, in.current(), intent):
-					rv = fresh.rv
-					if sec == nil {
-						rv = ""
-					}
-					continue
-				case rule == commitKeepingPair && o.obtained && !newerPair(fresh.state, next):
+				case rule == commitOnStartOnly && unfencedMayOverwrite(fresh.state, in.current(), o.obtained, r.Clock.Now(), in.intentGrace),
+					rule != commitOnStartOnly && ours(fresh.state, in.current(), intent),
+					rule == commitKeepingPair && o.obtained && !newerPair(fresh.state, next):
+					// Write again on top of what is stored now (fresh.rv is
+					// "" when the Secret is gone: the write creates it).
 					rv = fresh.rv
 					continue
 				default:

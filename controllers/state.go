@@ -115,9 +115,9 @@ type authzRecord struct {
 
 // spendIntent is written, with a conditional update, before a refresh token
 // or a grant that the call uses up is sent to the provider (see
-// provider.Consumes; a call that uses nothing up writes none). While it is there and its deadline has
-// not passed, no other reconciler (in this manager or another) spends
-// anything for this token. If it is still there after its deadline, the
+// provider.Consumes; a call that uses nothing up writes none). While it is
+// there and its deadline has not passed, no other reconciler (in this
+// manager or another) spends anything for this token. If it is still there after its deadline, the
 // spender stopped without an answer: the next spend sends the same value
 // again, and if the provider then calls it used, the outcome is reported as
 // unknown (ReasonRefreshOutcomeUnknown) instead of guessed.
