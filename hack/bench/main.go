@@ -415,16 +415,19 @@ func (b *bench) credentials(n int) (func(i int) map[string]string, error) {
 		if len(c.FacebookSystemUserTokens) < n {
 			return nil, fmt.Errorf("the sandbox minted %d system-user tokens, want %d", len(c.FacebookSystemUserTokens), n)
 		}
-		app := c.FacebookSystemUserExpiring
 		return func(i int) map[string]string {
-			return map[string]string{"app_id": app.AppID, "app_secret": app.AppSecret, "access_token": c.FacebookSystemUserTokens[i]}
+			app := c.FacebookSystemUserExpiring
+			app.AccessToken = c.FacebookSystemUserTokens[i]
+			return app.Secret()
 		}, nil
 	}
 	if len(c.AmoCRMRefreshTokens) < n {
 		return nil, fmt.Errorf("the sandbox minted %d refresh tokens, want %d", len(c.AmoCRMRefreshTokens), n)
 	}
 	return func(i int) map[string]string {
-		return map[string]string{"client_id": c.AmoCRM.ClientID, "client_secret": c.AmoCRM.ClientSecret, "refresh_token": c.AmoCRMRefreshTokens[i]}
+		amo := c.AmoCRM
+		amo.RefreshToken = c.AmoCRMRefreshTokens[i]
+		return amo.Secret()
 	}, nil
 }
 
