@@ -223,7 +223,9 @@ func run(c runConfig) error {
 	v := version.Get()
 	ctrl.Log.WithName("setup").Info("starting manager", "version", v.Version, "revision", v.Revision, "goVersion", v.GoVersion,
 		"leaderElection", c.leaderElect, "leaderElectionNamespace", c.leaderNS)
-	return mgr.Start(ctx)
+	// Run, not mgr.Start: it also waits for a refresh in flight to be stored
+	// when the manager stops because its lease was lost.
+	return r.Run(ctx, mgr)
 }
 
 // consentURL builds each provider's consent page (without the state) for

@@ -128,7 +128,11 @@ func (r *ManagedTokenReconciler) execute(ctx context.Context, in *inputs, p plan
 func (r *ManagedTokenReconciler) spend(ctx context.Context, in *inputs, p plan) outcome {
 	out := outcome{state: in.current(), rv: in.record.rv, stored: true}
 	logger := log.FromContext(ctx)
-	if ctx.Err() != nil {
+	// Counted as in flight before the intent is written: a stopping
+	// manager (Settle) either waits for this spend or finds it refused.
+	end, ok := r.memory().spending()
+	defer end()
+	if !ok || ctx.Err() != nil {
 		// Shutting down, or the lease is lost: start no new spend.
 		out.deferred = true
 		return out
@@ -181,10 +185,10 @@ func (r *ManagedTokenReconciler) spend(ctx context.Context, in *inputs, p plan) 
 	}
 
 	// The critical section: from here the manager's context may be
-	// cancelled (SIGTERM, lease loss) without cutting the call or the write.
+	// cancelled (SIGTERM, lease loss) without cutting the call or the write,
+	// and a stopping manager waits for it (Run, Settle).
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.spendTimeout())
 	defer cancel()
-	defer r.memory().spending()()
 
 	req := provider.Request{Spec: &in.mt.Spec, Credentials: in.creds}
 	if in.callback != nil {

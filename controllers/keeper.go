@@ -52,7 +52,7 @@ var _ manager.LeaderElectionRunnable = (*keeper)(nil)
 func (k *keeper) NeedLeaderElection() bool { return false }
 
 // Start tries to store the pending pairs every interval until ctx is done,
-// then stops as described at flush.
+// then stops as described at Settle.
 func (k *keeper) Start(ctx context.Context) error {
 	interval, minAge := k.interval, k.minAge
 	if interval <= 0 {
@@ -67,7 +67,7 @@ func (k *keeper) Start(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			k.flush(ctx)
+			k.r.Settle(ctx)
 			return nil
 		case <-t.C:
 			k.r.storeKept(ctx, minAge)
@@ -75,17 +75,21 @@ func (k *keeper) Start(ctx context.Context) error {
 	}
 }
 
-// flush runs when the manager stops. A spend that was in flight then ends
-// (it is not cut by shutdown) and may leave a pair it could not store: the
-// keeper keeps trying until no spend is in flight and no pair is pending,
-// for at most the spend timeout plus a margin
-// (TestKeeperWaitsForSpendInFlightAtStop).
-func (k *keeper) flush(ctx context.Context) {
-	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), k.r.spendTimeout()+keeperFlushMargin)
+// Settle runs when the manager stops: from the keeper when its context
+// ends, and from Run once the manager has returned. It refuses new spends,
+// then stores the pairs only in memory until no spend is in flight and none
+// is pending: a spend in flight at stop ends (shutdown does not cut it) and
+// may leave a pair it could not store. It gives up after the spend timeout
+// plus a margin (TestKeeperWaitsForSpendInFlightAtStop,
+// TestLeaseLossWaitsForSpendInFlight). Several may run at once: storePending
+// serializes them per ManagedToken.
+func (r *ManagedTokenReconciler) Settle(ctx context.Context) {
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.spendTimeout()+keeperFlushMargin)
 	defer cancel()
-	mem := k.r.memory()
+	mem := r.memory()
+	mem.stop()
 	for !mem.settled() {
-		k.r.storeKept(fctx, 0)
+		r.storeKept(fctx, 0)
 		if mem.settled() {
 			return
 		}
@@ -98,6 +102,26 @@ func (k *keeper) flush(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// Run starts mgr and, when it returns for whatever reason, waits for the
+// spends in flight (Settle) before returning its error. cmd/main.go runs
+// the manager this way. On a SIGTERM the manager's graceful shutdown
+// already waits for them (the keeper settles as it stops). On a lost lease
+// it does not: controller-runtime sets its shutdown timeout to zero and
+// returns at once, and main would exit with a pair in hand and not stored
+// (TestLeaseLossWaitsForSpendInFlight). Finishing that write after the lease
+// is gone is safe: it is conditional on the state the spend's intent was
+// written on, and a new leader waits for that intent.
+func (r *ManagedTokenReconciler) Run(ctx context.Context, mgr manager.Manager) error {
+	return r.runWith(ctx, mgr.Start)
+}
+
+// runWith is Run with the manager's Start passed in (tests watch it return).
+func (r *ManagedTokenReconciler) runWith(ctx context.Context, start func(context.Context) error) error {
+	err := start(ctx)
+	r.Settle(ctx)
+	return err
 }
 
 // storeKept tries once to store every pair that has been only in memory for

@@ -5,13 +5,18 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -157,6 +162,144 @@ func TestKeeperWaitsForSpendInFlightAtStop(t *testing.T) {
 	if n := h.amo.ReusedRefreshTokens(); n != 0 {
 		t.Fatalf("%d reused refresh tokens", n)
 	}
+}
+
+// TestNoSpendStartsOnceSettling: once a stopping manager settles, a due
+// refresh is deferred and the provider is not called. Without it, a spend
+// that began after Settle found nothing in flight could be cut by the
+// process's exit with its answer in hand.
+func TestNoSpendStartsOnceSettling(t *testing.T) {
+	h := newHarness(t, amocrmfake.Options{})
+	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
+	h.createAmoMT("")
+	h.reconcile()
+	calls := h.amo.Calls(amocrm.OpRefreshToken)
+	rt := h.state().Token.RefreshToken
+
+	h.r.Settle(h.ctx) // nothing in flight: returns at once
+	h.advancePastNextRefresh()
+	h.reconcile()
+	if n := h.amo.Calls(amocrm.OpRefreshToken); n != calls {
+		t.Fatalf("%d refresh calls after Settle, want none", n-calls)
+	}
+	if st := h.state(); st.Token.RefreshToken != rt || st.Intent != nil {
+		t.Fatal("a deferred refresh changed the state or left an intent")
+	}
+}
+
+// TestLeaseLossWaitsForSpendInFlight: the leader loses its lease while a
+// refresh's answer is in hand and not yet stored. controller-runtime then
+// skips its graceful shutdown and Start returns at once; cmd/main.go would
+// exit, and the rotated pair would die with the process. Run waits until
+// the pair is stored, then returns the lease error.
+func TestLeaseLossWaitsForSpendInFlight(t *testing.T) {
+	ns := newNamespace(t)
+	amo := amocrmfake.New(amocrmfake.Options{ClientID: testClientID, ClientSecret: testClientSecret, RedirectURI: testRedirectURI})
+	srv := httptest.NewServer(amo)
+	defer srv.Close()
+	if err := k8sClient.Create(ctx(), &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "amocrm-oauth"},
+		StringData: map[string]string{"client_id": testClientID, "client_secret": testClientSecret, "refresh_token": amo.IssueRefreshToken()}}); err != nil {
+		t.Fatal(err)
+	}
+	mt := validAmoCRM(ns, "crm")
+	mt.Spec.AmoCRM.RedirectURI = testRedirectURI
+	if err := k8sClient.Create(ctx(), mt); err != nil {
+		t.Fatal(err)
+	}
+
+	answered, release := make(chan struct{}), make(chan struct{})
+	var refreshes atomic.Int32
+	startReturned := make(chan error, 1)
+	exited := make(chan error, 1)
+	var r *ManagedTokenReconciler
+	startManagerWith(t, ns, srv.URL, "", "", managerOptions{
+		leaseID:    "lease-loss",
+		leaseTimes: &[3]time.Duration{3 * time.Second, 2 * time.Second, 500 * time.Millisecond},
+		tweak: func(rec *ManagedTokenReconciler) {
+			r = rec
+			// The first refresh (the bootstrap is not one) stops with its
+			// answer in hand until released.
+			r.Providers[tokensv1alpha1.ProviderAmoCRM] = &hookProvider{Provider: r.Providers[tokensv1alpha1.ProviderAmoCRM], after: func() {
+				if refreshes.Add(1) == 1 {
+					close(answered)
+					<-release
+				}
+			}}
+		},
+		startReturned: func(err error) { startReturned <- err },
+		exited:        exited,
+	})
+	key := types.NamespacedName{Namespace: ns, Name: "crm"}
+	eventually(t, "crm Ready", 30*time.Second, func() bool {
+		got := &tokensv1alpha1.ManagedToken{}
+		return k8sClient.Get(ctx(), key, got) == nil && meta.IsStatusConditionTrue(got.Status.Conditions, tokensv1alpha1.ConditionReady)
+	})
+	before := amo.CurrentRefreshToken()
+
+	patchAnnotation(t, key, "lease-loss")
+	select {
+	case <-answered:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the forced refresh did not reach the provider")
+	}
+	if amo.CurrentRefreshToken() == before {
+		t.Fatal("the provider did not rotate the pair")
+	}
+
+	// Another holder takes the Lease; the leader cannot renew it.
+	if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		lease := &coordinationv1.Lease{}
+		if err := k8sClient.Get(ctx(), types.NamespacedName{Namespace: ns, Name: "lease-loss"}, lease); err != nil {
+			return err
+		}
+		now := metav1.NewMicroTime(time.Now())
+		lease.Spec.HolderIdentity, lease.Spec.LeaseDurationSeconds = ptr.To("another-manager"), ptr.To(int32(3600))
+		lease.Spec.AcquireTime, lease.Spec.RenewTime = &now, &now
+		return k8sClient.Update(ctx(), lease)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-startReturned:
+		if err == nil || !strings.Contains(err.Error(), "leader election lost") {
+			t.Fatalf("the manager's Start returned %v, want the lost lease", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the manager did not notice the lost lease")
+	}
+	select {
+	case err := <-exited:
+		t.Fatalf("Run returned (%v) with a rotated pair in hand and not stored", err)
+	case <-time.After(time.Second):
+	}
+
+	close(release)
+	select {
+	case err := <-exited:
+		if err == nil || !strings.Contains(err.Error(), "leader election lost") {
+			t.Fatalf("Run returned %v, want the lost lease", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return once the refresh could end")
+	}
+	sec := &corev1.Secret{}
+	if err := k8sClient.Get(ctx(), types.NamespacedName{Namespace: ns, Name: stateSecretName("crm")}, sec); err != nil {
+		t.Fatal(err)
+	}
+	st, err := decodeState(sec.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Token == nil || st.Token.RefreshToken != amo.CurrentRefreshToken() || !amo.RefreshTokenLive(st.Token.RefreshToken) {
+		t.Fatal("the state Secret does not hold the pair of the refresh in flight when the lease was lost")
+	}
+	if !r.memory().settled() {
+		t.Fatal("Run returned with a spend in flight or a pair only in memory")
+	}
+	if n := amo.ReusedRefreshTokens(); n != 0 {
+		t.Fatalf("%d reused refresh tokens", n)
+	}
+	fmt.Printf("measured: lease lost with a refresh's answer in hand; Run returned after storing it (%d refresh)\n", refreshes.Load())
 }
 
 // TestKeeperOnReplicaThatDoesNotLead: two replicas behind one callback

@@ -56,8 +56,15 @@ type managerOptions struct {
 	// setup adds to the manager once the reconciler is set up.
 	setup func(manager.Manager, *ManagedTokenReconciler)
 	// leaseID, when set, runs the manager with leader election on the Lease
-	// of that name in ns.
-	leaseID string
+	// of that name in ns; leaseTimes, when set, replaces controller-runtime's
+	// lease duration, renew deadline and retry period.
+	leaseID    string
+	leaseTimes *[3]time.Duration
+	// startReturned, when set, is called when mgr.Start returns, before
+	// Run settles; exited, when set, gets Run's result, which stop then
+	// does not check.
+	startReturned func(error)
+	exited        chan<- error
 }
 
 // startManagerWith is startManager with options.
@@ -77,7 +84,7 @@ func startManagerWith(t *testing.T, ns, amoURL, fbURL, metricsAddr string, o man
 	if o.restConfig != nil {
 		restConfig = o.restConfig
 	}
-	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
+	mgrOpts := ctrl.Options{
 		Scheme:  scheme,
 		Metrics: metricsserver.Options{BindAddress: bind},
 		Cache:   cacheOpts,
@@ -86,7 +93,11 @@ func startManagerWith(t *testing.T, ns, amoURL, fbURL, metricsAddr string, o man
 		LeaderElection:          o.leaseID != "",
 		LeaderElectionID:        o.leaseID,
 		LeaderElectionNamespace: ns,
-	})
+	}
+	if lt := o.leaseTimes; lt != nil {
+		mgrOpts.LeaseDuration, mgrOpts.RenewDeadline, mgrOpts.RetryPeriod = &lt[0], &lt[1], &lt[2]
+	}
+	mgr, err := ctrl.NewManager(restConfig, mgrOpts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,12 +142,25 @@ func startManagerWith(t *testing.T, ns, amoURL, fbURL, metricsAddr string, o man
 		o.setup(mgr, r)
 	}
 	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
+	go func() {
+		// As cmd/main.go runs it (Run), with a look at Start's return.
+		err := r.runWith(ctx, func(ctx context.Context) error {
+			err := mgr.Start(ctx)
+			if o.startReturned != nil {
+				o.startReturned(err)
+			}
+			return err
+		})
+		if o.exited != nil {
+			o.exited <- err
+		}
+		done <- err
+	}()
 	var once sync.Once
 	stop = func() {
 		once.Do(func() {
 			cancel()
-			if err := <-done; err != nil {
+			if err := <-done; err != nil && o.exited == nil {
 				t.Errorf("manager: %v", err)
 			}
 		})

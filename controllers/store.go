@@ -164,8 +164,10 @@ type memory struct {
 	// someone holds or waits for it.
 	storing map[types.NamespacedName]*storeLock
 	// inFlight counts the spends in their critical section (provider call
-	// and store): a stopping keeper waits for them.
+	// and store): a stopping manager waits for them (Settle).
 	inFlight int
+	// stopping: Settle has begun, and no new spend may start.
+	stopping bool
 }
 
 // storeLock is one ManagedToken's store lock and how many hold or wait
@@ -240,16 +242,29 @@ func (m *memory) lockStore(key types.NamespacedName) func() {
 	}
 }
 
-// spending marks a spend in its critical section and returns its end.
-func (m *memory) spending() func() {
+// spending marks a spend in its critical section and returns its end. It
+// returns ok false, and marks nothing, once the manager is stopping
+// (Settle): a spend either counts before Settle looks, so that Settle
+// waits for it, or does not start.
+func (m *memory) spending() (end func(), ok bool) {
 	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.stopping {
+		return func() {}, false
+	}
 	m.inFlight++
-	m.mu.Unlock()
 	return func() {
 		m.mu.Lock()
 		m.inFlight--
 		m.mu.Unlock()
-	}
+	}, true
+}
+
+// stop marks the manager as stopping: spending refuses new spends from now.
+func (m *memory) stop() {
+	m.mu.Lock()
+	m.stopping = true
+	m.mu.Unlock()
 }
 
 // settled reports whether no spend is in flight and no pair is pending.
