@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/KimMachineGun/automemlimit/memlimit"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -67,6 +68,9 @@ func main() {
 	flag.Parse()
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
 	setupLog := ctrl.Log.WithName("setup")
+	// An error is logged by setMemoryLimit; the manager then runs with the
+	// Go runtime's default (no soft limit), as it did before.
+	_, _ = setMemoryLimit(setupLog, memlimit.FromCgroup)
 
 	if err := run(runConfig{
 		metricsAddr: metricsAddr, secureMetrics: secureMetrics, probeAddr: probeAddr,
