@@ -398,7 +398,7 @@ func (r *ManagedTokenReconciler) exchange(ctx context.Context, key types.Namespa
 		if err != nil {
 			logger.Error(err, "finishing after an authorization callback")
 		}
-		return callbackResult(in, out, name)
+		return callbackResult(in, out, pub, name)
 	}
 	return callback.Result{Outcome: callback.NotStored, ManagedToken: name, Message: "the ManagedToken's state kept changing; nothing was spent. Run kubectl tokenkeeper authorize again"}
 }
@@ -447,9 +447,16 @@ func checkFresh(in *inputs, cb callbackGrant, name string) *callback.Result {
 }
 
 // callbackResult is the page's verdict on a spend.
-func callbackResult(in *inputs, out outcome, name string) callback.Result {
+func callbackResult(in *inputs, out outcome, pub published, name string) callback.Result {
 	res := callback.Result{ManagedToken: name}
 	switch {
+	case out.obtained && out.stored && out.state.Token != nil && (pub.outputErr != nil || pub.problem != nil):
+		// Authorized all the same: the pair is stored. The page does not
+		// claim the publish; status says why it failed (OutputNotWritten,
+		// SecretNotOwned).
+		res.Outcome = callback.Accepted
+		res.Message = "authorized: the operator obtained and stored a " + out.state.Token.Type + " token" + untilText(out.state.Token) +
+			", but could not publish it in Secret " + in.mt.Spec.SecretName + " yet; kubectl tokenkeeper status shows why, and when it is Ready"
 	case out.obtained && out.stored && out.state.Token != nil:
 		res.Outcome = callback.Accepted
 		res.Message = "authorized: the operator obtained a " + out.state.Token.Type + " token" + untilText(out.state.Token) +

@@ -39,6 +39,10 @@ const (
 	// ReasonGrantNotAdopted: a new grant would downgrade a refreshable
 	// token to one only a human can renew; it was not adopted.
 	ReasonGrantNotAdopted = "GrantNotAdopted"
+	// ReasonOutputNotWritten: the token is stored, but the output Secret
+	// could not be written (API server errors, an admission webhook, a
+	// quota), so workloads do not have it.
+	ReasonOutputNotWritten = "OutputNotWritten"
 	// ReasonGrantRejected is the event reason when a new grant was refused
 	// while a usable token stayed in place.
 	ReasonGrantRejected = "GrantRejected"

@@ -53,7 +53,11 @@ type published struct {
 	// one this run would publish, or changed since it was read, so it was
 	// left alone and the run looks again soon.
 	superseded bool
-	err        error
+	// outputErr: the output Secret could not be read or written, so
+	// workloads do not have the stored token (status says so). err is it,
+	// or a failed consumer restart, which events report.
+	outputErr error
+	err       error
 }
 
 // publish writes the stored token into the output Secret, restoring it when
@@ -86,7 +90,7 @@ func (r *ManagedTokenReconciler) writeOutput(ctx context.Context, mt *tokensv1al
 			Data:       data,
 		}
 		if err := ctrl.SetControllerReference(mt, sec, r.Scheme); err != nil {
-			return published{err: err}
+			return outputFailed(err)
 		}
 		stampObtainedAt(sec.Annotations, t)
 		err = r.Create(ctx, sec)
@@ -94,16 +98,16 @@ func (r *ManagedTokenReconciler) writeOutput(ctx context.Context, mt *tokensv1al
 			return published{} // a first publish restarts nobody
 		}
 		if !apierrors.IsAlreadyExists(err) {
-			return published{err: fmt.Errorf("creating output Secret %s: %w", key.Name, err)}
+			return outputFailed(fmt.Errorf("creating output Secret %s: %w", key.Name, err))
 		}
 		// It exists but is not in the cache: unlabelled, so either foreign or
 		// ours with its labels removed. Ask the API server.
 		cur = &corev1.Secret{}
 		if err := r.APIReader.Get(ctx, key, cur); err != nil {
-			return published{err: fmt.Errorf("reading output Secret %s: %w", key.Name, err)}
+			return outputFailed(fmt.Errorf("reading output Secret %s: %w", key.Name, err))
 		}
 	} else if err != nil {
-		return published{err: fmt.Errorf("reading output Secret %s: %w", key.Name, err)}
+		return outputFailed(fmt.Errorf("reading output Secret %s: %w", key.Name, err))
 	}
 
 	adopted := previousIncarnation(cur, mt)
@@ -112,7 +116,7 @@ func (r *ManagedTokenReconciler) writeOutput(ctx context.Context, mt *tokensv1al
 		// created again before the garbage collector removed it): adopt.
 		cur.OwnerReferences = nil
 		if err := ctrl.SetControllerReference(mt, cur, r.Scheme); err != nil {
-			return published{err: err}
+			return outputFailed(err)
 		}
 	}
 	if !metav1.IsControlledBy(cur, mt) {
@@ -148,10 +152,16 @@ func (r *ManagedTokenReconciler) writeOutput(ctx context.Context, mt *tokensv1al
 		log.FromContext(ctx).V(1).Info("output Secret changed since it was read; looking again", "secret", key.Name)
 		return published{superseded: true}
 	} else if err != nil {
-		return published{err: fmt.Errorf("updating output Secret %s: %w", key.Name, err)}
+		return outputFailed(fmt.Errorf("updating output Secret %s: %w", key.Name, err))
 	}
 	log.FromContext(ctx).Info("output Secret updated", "secret", key.Name, "tokenChanged", pub.tokenChanged)
 	return pub
+}
+
+// outputFailed is the outcome of a publish that could not write the
+// output Secret.
+func outputFailed(err error) published {
+	return published{outputErr: err, err: err}
 }
 
 // stampObtainedAt records in ann when t was obtained.

@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"errors"
+	"strconv"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -207,6 +208,13 @@ func setConditions(mt *tokensv1alpha1.ManagedToken, in *inputs, out outcome, pub
 		default:
 			reauthFromToken()
 		}
+	case pub.outputErr != nil:
+		// Ready says whether workloads have a usable token: they do not
+		// have this one (TestOutputNotWrittenIsNotReady).
+		// publish runs only with a stored token, so t is not nil here.
+		ready(metav1.ConditionFalse, ReasonOutputNotWritten, "the token is stored, but Secret "+strconv.Quote(mt.Spec.SecretName)+
+			" could not be written: "+provider.Redact(pub.outputErr.Error(), t.Published(), t.AccessToken, t.RefreshToken)+"; retrying with back-off")
+		reauthFromToken()
 	case f != nil:
 		retry := ""
 		if !f.RetryAt.IsZero() {

@@ -1,0 +1,98 @@
+package controllers
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
+	"github.com/tokenkeeper/tokenkeeper/internal/provider/amocrm/amocrmfake"
+)
+
+// TestOutputNotWrittenIsNotReady: the namespace's ResourceQuota leaves room
+// for the state Secret only, so the API server refuses the output Secret.
+// The pair is stored, but workloads do not have the token: Ready is False
+// (OutputNotWritten, naming the quota, with one Warning event), not True,
+// and the reconcile returns an error so that it is retried with back-off.
+// Once the quota allows it, the output Secret is written and Ready is True.
+func TestOutputNotWrittenIsNotReady(t *testing.T) {
+	h := newHarness(t, amocrmfake.Options{})
+	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
+	h.createAmoMT("")
+
+	var secrets corev1.SecretList
+	if err := k8sClient.List(h.ctx, &secrets, client.InNamespace(h.ns)); err != nil {
+		t.Fatal(err)
+	}
+	setSecretQuota(t, h.ctx, h.ns, len(secrets.Items)+1, len(secrets.Items))
+
+	if _, err := h.r.Reconcile(h.ctx, ctrl.Request{NamespacedName: h.key()}); err == nil || !strings.Contains(err.Error(), "exceeded quota") {
+		t.Fatalf("reconcile with the output Secret refused: error %v, want the quota's", err)
+	}
+	if st := h.state(); st.Token == nil || st.Token.RefreshToken != h.amo.CurrentRefreshToken() {
+		t.Fatal("the pair was not stored")
+	}
+	if h.output() != nil {
+		t.Fatal("the quota did not refuse the output Secret")
+	}
+	c := h.cond(tokensv1alpha1.ConditionReady)
+	if c.Status != metav1.ConditionFalse || c.Reason != ReasonOutputNotWritten || !strings.Contains(c.Message, "exceeded quota") {
+		t.Fatalf("Ready %s %s %q, want False %s naming the quota", c.Status, c.Reason, c.Message, ReasonOutputNotWritten)
+	}
+	for _, secret := range append(h.amo.Secrets(), testClientSecret) {
+		if strings.Contains(c.Message, secret) {
+			t.Fatal("the condition message holds a secret")
+		}
+	}
+	if n := h.events.count(ReasonOutputNotWritten); n != 1 {
+		t.Fatalf("%d %s events, want 1", n, ReasonOutputNotWritten)
+	}
+
+	setSecretQuota(t, h.ctx, h.ns, len(secrets.Items)+2, len(secrets.Items)+1)
+	h.reconcile()
+	out := h.output()
+	if out == nil || string(out.Data[tokensv1alpha1.OutputAccessTokenKey]) != h.amo.CurrentAccessToken() {
+		t.Fatal("the output Secret does not hold the stored token once the quota allows it")
+	}
+	if c := h.cond(tokensv1alpha1.ConditionReady); c.Status != metav1.ConditionTrue {
+		t.Fatalf("Ready %s %s %q once the output Secret is written, want True", c.Status, c.Reason, c.Message)
+	}
+	if n := h.events.count(ReasonOutputNotWritten); n != 1 {
+		t.Fatalf("%d %s events, want still 1", n, ReasonOutputNotWritten)
+	}
+}
+
+// setSecretQuota creates or updates the namespace's ResourceQuota on Secrets
+// with used as its status: envtest runs no quota controller, so the test
+// sets what it would have counted, and the API server's quota admission
+// does the rest.
+func setSecretQuota(t *testing.T, ctx context.Context, ns string, hard, used int) {
+	t.Helper()
+	q := &corev1.ResourceQuota{}
+	key := types.NamespacedName{Namespace: ns, Name: "secrets"}
+	list := func(n int) corev1.ResourceList {
+		return corev1.ResourceList{"count/secrets": *resource.NewQuantity(int64(n), resource.DecimalSI)}
+	}
+	if err := k8sClient.Get(ctx, key, q); err != nil {
+		q = &corev1.ResourceQuota{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: key.Name}, Spec: corev1.ResourceQuotaSpec{Hard: list(hard)}}
+		if err := k8sClient.Create(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		q.Spec.Hard = list(hard)
+		if err := k8sClient.Update(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	q.Status = corev1.ResourceQuotaStatus{Hard: list(hard), Used: list(used)}
+	if err := k8sClient.Status().Update(ctx, q); err != nil {
+		t.Fatal(err)
+	}
+}
