@@ -68,6 +68,10 @@ const (
 	DefaultRequestsPerSecond = 7
 	// RefreshTokenLifetime is the documented refresh token lifetime (about 3 months).
 	RefreshTokenLifetime = 90 * 24 * time.Hour
+	// DocumentedAccessTokenLifetime is the access token lifetime AmoCRM
+	// documents (expires_in 86400), assumed only for an answer that gives
+	// no expiry at all.
+	DocumentedAccessTokenLifetime = 24 * time.Hour
 	// expiryTolerance is how far expires_in and the JWT exp may disagree
 	// before the earlier one is used.
 	expiryTolerance = 5 * time.Minute
@@ -623,7 +627,11 @@ func (c *Client) parseToken(op string, status int, body []byte) (*provider.Token
 	}
 	expiresAt := chooseExpiry(fromTTL, claims.exp)
 	if expiresAt.IsZero() {
-		return nil, malformed("without expires_in or a JWT exp")
+		// Neither expires_in nor a JWT exp: still a new pair, and the
+		// refresh token sent is already used up. Dropping the answer would
+		// lose the token for good, so it is kept with the documented
+		// access token lifetime (TestExpiry, "no expiry at all").
+		expiresAt = now.Add(DocumentedAccessTokenLifetime)
 	}
 	return &provider.Token{
 		AccessToken:           tr.AccessToken,

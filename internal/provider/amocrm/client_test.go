@@ -384,8 +384,10 @@ func TestExpiry(t *testing.T) {
 		{"expires_in as a string", body(map[string]any{"expires_in": "7200", "access_token": "opaque", "refresh_token": "r"}), t0.Add(2 * time.Hour), nil},
 		{"server_time present", body(map[string]any{"expires_in": 86400, "server_time": t0.Unix(), "access_token": jwt(map[string]any{"exp": exp(24 * time.Hour)}), "refresh_token": "r"}), t0.Add(24 * time.Hour), nil},
 		{"scopes not strings", body(map[string]any{"expires_in": 60, "access_token": jwt(map[string]any{"scopes": []any{"crm", 5}}), "refresh_token": "r"}), t0.Add(time.Minute), nil},
-		{"expires_in 0, no JWT", body(map[string]any{"expires_in": 0, "access_token": "opaque", "refresh_token": "r"}), time.Time{}, nil},
-		{"no expiry at all", body(map[string]any{"access_token": jwt(map[string]any{"iat": t0.Unix()}), "refresh_token": "r"}), time.Time{}, nil},
+		// A pair with no expiry is kept, not dropped (its refresh token was
+		// spent to get it), with the documented 24 hours.
+		{"expires_in 0, no JWT", body(map[string]any{"expires_in": 0, "access_token": "opaque", "refresh_token": "r"}), t0.Add(24 * time.Hour), nil},
+		{"no expiry at all", body(map[string]any{"access_token": jwt(map[string]any{"iat": t0.Unix()}), "refresh_token": "r"}), t0.Add(24 * time.Hour), nil},
 		{"no access_token", body(map[string]any{"expires_in": 86400, "refresh_token": "r"}), time.Time{}, nil},
 		{"no refresh_token", body(map[string]any{"expires_in": 86400, "access_token": "a"}), time.Time{}, nil},
 		{"not JSON", `{"access_token":`, time.Time{}, nil},
@@ -408,6 +410,9 @@ func TestExpiry(t *testing.T) {
 			}
 			if !tok.ExpiresAt.Equal(tc.want) || !tok.Expires {
 				t.Errorf("ExpiresAt %v, want %v", tok.ExpiresAt, tc.want)
+			}
+			if tok.RefreshToken != "r" {
+				t.Errorf("refresh token %q, want the answer's", tok.RefreshToken)
 			}
 			if !slices.Equal(tok.Scopes, tc.scopes) {
 				t.Errorf("scopes %v, want %v", tok.Scopes, tc.scopes)
