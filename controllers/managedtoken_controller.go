@@ -214,6 +214,16 @@ func (r *ManagedTokenReconciler) loadWith(ctx context.Context, key types.Namespa
 	if err != nil {
 		return nil, err
 	}
+	if sec == nil && cb == nil && r.memory().isUnlabelled(key, mt.UID) {
+		// A Secret the cache cannot show holds the state Secret's name
+		// (noteUnlabelledState): read it live until it is gone.
+		if sec, err = readStateSecret(ctx, r.APIReader, mt); err != nil {
+			return nil, err
+		}
+		if sec == nil || sec.Labels[tokensv1alpha1.ManagedByLabel] == tokensv1alpha1.ManagedByValue {
+			r.memory().setUnlabelled(key, mt.UID, false)
+		}
+	}
 	rec, problem := parseStateSecret(sec, mt)
 	if problem != nil {
 		in.problem, in.stateBroken = problem, true

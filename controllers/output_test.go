@@ -2,10 +2,15 @@ package controllers
 
 import (
 	"context"
+	"fmt"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -13,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
+	"github.com/tokenkeeper/tokenkeeper/internal/provider/amocrm"
 	"github.com/tokenkeeper/tokenkeeper/internal/provider/amocrm/amocrmfake"
 )
 
@@ -95,4 +101,71 @@ func setSecretQuota(t *testing.T, ctx context.Context, ns string, hard, used int
 	if err := k8sClient.Status().Update(ctx, q); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestUnlabelledStateSecretIsReported: a Secret without tokenkeeper's label
+// holds the state Secret's name. The manager's label-selected cache never
+// shows it, so each run used to decide to create the state Secret, fail
+// (AlreadyExists), and try again a second later forever, reporting
+// NoToken. Now the token reports StateSecretNotOwned, with no provider
+// call and no more write attempts, and deleting that Secret wakes it.
+func TestUnlabelledStateSecretIsReported(t *testing.T) {
+	ns := newNamespace(t)
+	amo := amocrmfake.New(amocrmfake.Options{ClientID: testClientID, ClientSecret: testClientSecret, RedirectURI: testRedirectURI})
+	srv := httptest.NewServer(amo)
+	defer srv.Close()
+	mk := func(name string, data map[string]string) {
+		t.Helper()
+		if err := k8sClient.Create(ctx(), &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, StringData: data}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mk("amocrm-oauth", map[string]string{"client_id": testClientID, "client_secret": testClientSecret, "refresh_token": amo.IssueRefreshToken()})
+	mk(stateSecretName("crm"), map[string]string{"note": "made by hand"})
+	mt := validAmoCRM(ns, "crm")
+	mt.Spec.AmoCRM.RedirectURI = testRedirectURI
+	if err := k8sClient.Create(ctx(), mt); err != nil {
+		t.Fatal(err)
+	}
+
+	var stateWrites atomic.Int32
+	startManagerWith(t, ns, srv.URL, "", "", managerOptions{tweak: func(r *ManagedTokenReconciler) {
+		r.Client = &flakyClient{Client: r.Client, beforeWrite: func(role string) {
+			if role == roleState {
+				stateWrites.Add(1)
+			}
+		}}
+	}})
+	key := types.NamespacedName{Namespace: ns, Name: "crm"}
+	ready := func() *metav1.Condition {
+		got := &tokensv1alpha1.ManagedToken{}
+		if err := k8sClient.Get(ctx(), key, got); err != nil {
+			return nil
+		}
+		return meta.FindStatusCondition(got.Status.Conditions, tokensv1alpha1.ConditionReady)
+	}
+	eventually(t, "Ready=False StateSecretNotOwned", 20*time.Second, func() bool {
+		c := ready()
+		return c != nil && c.Status == metav1.ConditionFalse && c.Reason == ReasonStateSecretNotOwned
+	})
+	n := stateWrites.Load()
+	time.Sleep(5 * time.Second)
+	if more := stateWrites.Load() - n; more != 0 {
+		t.Fatalf("%d more state Secret write attempts in 5 s after the token reported the Secret, want none", more)
+	}
+	if c := ready(); c.Reason != ReasonStateSecretNotOwned {
+		t.Fatalf("Ready reason %s after 5 s, want still %s", c.Reason, ReasonStateSecretNotOwned)
+	}
+	if calls := amo.Calls(amocrm.OpRefreshToken); calls != 0 {
+		t.Fatalf("%d refresh calls with the state Secret's name taken, want none", calls)
+	}
+
+	if err := k8sClient.Delete(ctx(), &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: stateSecretName("crm")}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "Ready once the Secret is deleted", 20*time.Second, func() bool {
+		c := ready()
+		return c != nil && c.Status == metav1.ConditionTrue
+	})
+	fmt.Printf("measured: an unlabelled Secret with the state name cost %d state write attempts before it was reported\n", n)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -374,12 +375,21 @@ func forOwnedSecret(_ context.Context, o client.Object) []reconcile.Request {
 }
 
 // forCredentials maps a credentials Secret to the ManagedTokens that read it.
+// It also maps a Secret without tokenkeeper's label that holds a state
+// Secret's name to its ManagedToken, which reports it until it is gone
+// (noteUnlabelledState): its deletion wakes the token at once. (The watch
+// keeps no labels; the reconciler's memory says which names are taken.)
 func (r *ManagedTokenReconciler) forCredentials(ctx context.Context, s *metav1.PartialObjectMetadata) []reconcile.Request {
 	var list tokensv1alpha1.ManagedTokenList
 	if err := r.List(ctx, &list, client.InNamespace(s.Namespace), client.MatchingFields{credentialsIndex: s.Name}); err != nil {
 		return nil
 	}
-	reqs := make([]reconcile.Request, 0, len(list.Items))
+	reqs := make([]reconcile.Request, 0, len(list.Items)+1)
+	if name, ok := strings.CutPrefix(s.Name, stateNamePrefix); ok {
+		if key := (types.NamespacedName{Namespace: s.Namespace, Name: name}); r.memory().isUnlabelled(key, "") {
+			reqs = append(reqs, reconcile.Request{NamespacedName: key})
+		}
+	}
 	for _, mt := range list.Items {
 		reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: mt.Namespace, Name: mt.Name}})
 	}

@@ -113,10 +113,34 @@ func (r *ManagedTokenReconciler) saveState(ctx context.Context, mt *tokensv1alph
 	switch {
 	case err == nil:
 		return sec.ResourceVersion, nil
-	case apierrors.IsConflict(err), apierrors.IsAlreadyExists(err), apierrors.IsNotFound(err):
+	case apierrors.IsAlreadyExists(err):
+		r.noteUnlabelledState(ctx, mt)
+		return "", errConflict
+	case apierrors.IsConflict(err), apierrors.IsNotFound(err):
 		return "", errConflict
 	}
 	return "", fmt.Errorf("writing state Secret %s: %w", sec.Name, err)
+}
+
+// noteUnlabelledState runs when creating the state Secret found one of
+// that name. Usually the cache had not seen it yet, and deciding again is
+// enough. But a Secret without tokenkeeper's label (made by hand, or with
+// the label removed) never shows in the label-selected cache: each run
+// would decide to create it again, a second later, forever. So it is
+// recorded, and load reads it from the API server instead, which reports it
+// (StateSecretNotOwned) until it is gone
+// (TestUnlabelledStateSecretIsReported).
+func (r *ManagedTokenReconciler) noteUnlabelledState(ctx context.Context, mt *tokensv1alpha1.ManagedToken) {
+	if r.APIReader == nil {
+		return
+	}
+	sec, err := readStateSecret(ctx, r.APIReader, mt)
+	if err != nil || sec == nil {
+		return
+	}
+	if sec.Labels[tokensv1alpha1.ManagedByLabel] != tokensv1alpha1.ManagedByValue {
+		r.memory().setUnlabelled(client.ObjectKeyFromObject(mt), mt.UID, true)
+	}
 }
 
 // stateLabels are a state Secret's labels: the owned labels, and the
@@ -159,6 +183,10 @@ type memory struct {
 	// newer is a state Secret version a commit found on the API server
 	// when the cache still showed an older one (see newerState).
 	newer map[types.NamespacedName]newerState
+	// unlabelled marks the ManagedTokens whose state Secret name is taken
+	// by a Secret without tokenkeeper's label, which the label-selected
+	// cache never shows (see noteUnlabelledState).
+	unlabelled map[types.NamespacedName]types.UID
 	// storing serializes storing a pending pair per ManagedToken: the
 	// reconciler and the keeper may both try. An entry lives only while
 	// someone holds or waits for it.
@@ -216,6 +244,8 @@ func newMemory() *memory {
 		written:  map[types.NamespacedName]writtenStatus{},
 		newer:    map[types.NamespacedName]newerState{},
 		storing:  map[types.NamespacedName]*storeLock{},
+
+		unlabelled: map[types.NamespacedName]types.UID{},
 	}
 }
 
@@ -408,4 +438,26 @@ func (m *memory) forget(key types.NamespacedName) {
 	delete(m.restarts, key)
 	delete(m.written, key)
 	delete(m.newer, key)
+	delete(m.unlabelled, key)
+}
+
+// setUnlabelled records whether the state Secret name of the ManagedToken
+// key with that uid is taken by a Secret the cache cannot show.
+func (m *memory) setUnlabelled(key types.NamespacedName, uid types.UID, taken bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if taken {
+		m.unlabelled[key] = uid
+	} else {
+		delete(m.unlabelled, key)
+	}
+}
+
+// isUnlabelled reports what setUnlabelled recorded for key and uid ("":
+// any).
+func (m *memory) isUnlabelled(key types.NamespacedName, uid types.UID) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	u, ok := m.unlabelled[key]
+	return ok && (uid == "" || u == uid)
 }
