@@ -51,6 +51,9 @@ func TestAPIServerAcceptsManifests(t *testing.T) {
 	kustAuthz := kustomizeWithAuthorization(t)
 	chartAuthz := helmTemplate(t, "--set", chartAuthzValues+",authorization.ingress.className=nginx")
 	chartAuthzNoTLS := helmTemplate(t, "--set", chartAuthzValues+",authorization.ingress.tls.enabled=false,authorization.service.type=NodePort")
+	// The NetworkPolicies on, with the endpoint.
+	kustNetpol := kustomizeUncommenting(t, netpolHint, authzHint)
+	chartNetpol := helmTemplate(t, "--set", chartNetpolValue+","+chartAuthzValues)
 
 	env, cfg := startControlPlane(t)
 	warn := &warnings{}
@@ -129,7 +132,9 @@ func TestAPIServerAcceptsManifests(t *testing.T) {
 		for name, objs := range map[string]objects{
 			"config/default": kust, "chart": chart,
 			"config/default with the authorization component": kustAuthz, "chart with authorization": chartAuthz,
-			"chart with authorization, NodePort and no TLS": chartAuthzNoTLS,
+			"chart with authorization, NodePort and no TLS":                        chartAuthzNoTLS,
+			"config/default with network policies and the authorization component": kustNetpol,
+			"chart with network policies and authorization":                        chartNetpol,
 		} {
 			for _, u := range objs {
 				switch u.GetKind() {

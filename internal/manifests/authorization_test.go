@@ -39,9 +39,16 @@ var authzPaths = []string{tokensv1alpha1.AmoCRMCallbackPath, tokensv1alpha1.Face
 const chartAuthzValues = "authorization.enabled=true,authorization.ingress.host=" + authzHost
 
 // kustomizeWithAuthorization renders config/default as a user gets it after
-// uncommenting the components: hint in its kustomization.yaml: config/ is
-// copied to a temporary folder, and only that line changes.
+// uncommenting the components: hint in its kustomization.yaml.
 func kustomizeWithAuthorization(t testing.TB) objects {
+	t.Helper()
+	return kustomizeUncommenting(t, authzHint)
+}
+
+// kustomizeUncommenting renders config/default as a user gets it after
+// uncommenting the given hint lines of its kustomization.yaml: config/ is
+// copied to a temporary folder, and only those lines change.
+func kustomizeUncommenting(t testing.TB, hints ...string) objects {
 	t.Helper()
 	dir := t.TempDir()
 	if err := os.CopyFS(filepath.Join(dir, "config"), os.DirFS(path("config"))); err != nil {
@@ -60,15 +67,17 @@ func kustomizeWithAuthorization(t testing.TB) objects {
 		t.Fatalf("config/default/kustomization.yaml lists components: the authorization endpoint must be off by default")
 	}
 	lines := strings.Split(string(data), "\n")
-	n := 0
-	for i, l := range lines {
-		if strings.TrimSpace(l) == authzHint {
-			lines[i] = strings.TrimPrefix(strings.TrimSpace(l), "# ")
-			n++
+	for _, hint := range hints {
+		n := 0
+		for i, l := range lines {
+			if strings.TrimSpace(l) == hint {
+				lines[i] = strings.TrimPrefix(strings.TrimPrefix(strings.TrimSpace(l), "#"), " ")
+				n++
+			}
 		}
-	}
-	if n != 1 {
-		t.Fatalf("config/default/kustomization.yaml: want exactly one line %q, found %d", authzHint, n)
+		if n != 1 {
+			t.Fatalf("config/default/kustomization.yaml: want exactly one line %q, found %d", hint, n)
+		}
 	}
 	writeFile(t, file, []byte(strings.Join(lines, "\n")))
 	return parseObjects(t, run(t, tool(t, "kubectl"), "kustomize", filepath.Join(dir, "config", "default")))

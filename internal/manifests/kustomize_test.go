@@ -12,10 +12,11 @@ import (
 func TestKustomizeBuilds(t *testing.T) {
 	t.Parallel()
 	for dir, kinds := range map[string][]string{
-		"config/crd":        {"CustomResourceDefinition"},
-		"config/rbac":       {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"},
-		"config/manager":    {"Namespace", "Deployment"},
-		"config/prometheus": {"ServiceMonitor", "PrometheusRule"},
+		"config/crd":            {"CustomResourceDefinition"},
+		"config/rbac":           {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"},
+		"config/manager":        {"Namespace", "Deployment"},
+		"config/prometheus":     {"ServiceMonitor", "PrometheusRule"},
+		"config/network-policy": {"NetworkPolicy"},
 		"config/default": {"Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole",
 			"ClusterRoleBinding", "Role", "RoleBinding", "Service", "Deployment"},
 	} {
