@@ -164,26 +164,37 @@ func TestKeeperWaitsForSpendInFlightAtStop(t *testing.T) {
 	}
 }
 
-// TestNoSpendStartsOnceSettling: once a stopping manager settles, a due
-// refresh is deferred and the provider is not called. Without it, a spend
-// that began after Settle found nothing in flight could be cut by the
-// process's exit with its answer in hand.
+// TestNoSpendStartsOnceSettling: once the manager is stopping, a due
+// refresh is deferred and the provider is not called: when the reconcile's
+// context is cancelled (SIGTERM, a lost lease), and when Settle has begun.
+// Without the second, a spend that began after Settle found nothing in
+// flight could be cut by the process's exit with its answer in hand.
 func TestNoSpendStartsOnceSettling(t *testing.T) {
-	h := newHarness(t, amocrmfake.Options{})
-	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
-	h.createAmoMT("")
-	h.reconcile()
-	calls := h.amo.Calls(amocrm.OpRefreshToken)
-	rt := h.state().Token.RefreshToken
+	for _, stop := range []string{"cancelled context", "settling"} {
+		t.Run(stop, func(t *testing.T) {
+			h := newHarness(t, amocrmfake.Options{})
+			h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
+			h.createAmoMT("")
+			h.reconcile()
+			calls := h.amo.Calls(amocrm.OpRefreshToken)
+			rt := h.state().Token.RefreshToken
 
-	h.r.Settle(h.ctx) // nothing in flight: returns at once
-	h.advancePastNextRefresh()
-	h.reconcile()
-	if n := h.amo.Calls(amocrm.OpRefreshToken); n != calls {
-		t.Fatalf("%d refresh calls after Settle, want none", n-calls)
-	}
-	if st := h.state(); st.Token.RefreshToken != rt || st.Intent != nil {
-		t.Fatal("a deferred refresh changed the state or left an intent")
+			h.advancePastNextRefresh()
+			if stop == "settling" {
+				h.r.Settle(h.ctx) // nothing in flight: returns at once
+				h.reconcile()
+			} else {
+				ctx, cancel := context.WithCancel(h.ctx)
+				cancel()
+				_, _ = h.r.Reconcile(ctx, ctrl.Request{NamespacedName: h.key()}) // its writes fail too
+			}
+			if n := h.amo.Calls(amocrm.OpRefreshToken); n != calls {
+				t.Fatalf("%d refresh calls, want none", n-calls)
+			}
+			if st := h.state(); st.Token.RefreshToken != rt || st.Intent != nil {
+				t.Fatal("a deferred refresh changed the state or left an intent")
+			}
+		})
 	}
 }
 
@@ -259,14 +270,7 @@ func TestLeaseLossWaitsForSpendInFlight(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-startReturned:
-		if err == nil || !strings.Contains(err.Error(), "leader election lost") {
-			t.Fatalf("the manager's Start returned %v, want the lost lease", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("the manager did not notice the lost lease")
-	}
+	wantLeaseLost(t, startReturned, "the manager's Start")
 	select {
 	case err := <-exited:
 		t.Fatalf("Run returned (%v) with a rotated pair in hand and not stored", err)
@@ -274,14 +278,7 @@ func TestLeaseLossWaitsForSpendInFlight(t *testing.T) {
 	}
 
 	close(release)
-	select {
-	case err := <-exited:
-		if err == nil || !strings.Contains(err.Error(), "leader election lost") {
-			t.Fatalf("Run returned %v, want the lost lease", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("Run did not return once the refresh could end")
-	}
+	wantLeaseLost(t, exited, "Run, once the refresh could end,")
 	sec := &corev1.Secret{}
 	if err := k8sClient.Get(ctx(), types.NamespacedName{Namespace: ns, Name: stateSecretName("crm")}, sec); err != nil {
 		t.Fatal(err)
@@ -300,6 +297,20 @@ func TestLeaseLossWaitsForSpendInFlight(t *testing.T) {
 		t.Fatalf("%d reused refresh tokens", n)
 	}
 	fmt.Printf("measured: lease lost with a refresh's answer in hand; Run returned after storing it (%d refresh)\n", refreshes.Load())
+}
+
+// wantLeaseLost waits up to 30 s for what to return the lost lease's error
+// on ch.
+func wantLeaseLost(t *testing.T, ch <-chan error, what string) {
+	t.Helper()
+	select {
+	case err := <-ch:
+		if err == nil || !strings.Contains(err.Error(), "leader election lost") {
+			t.Fatalf("%s returned %v, want the lost lease", what, err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s did not return within 30s", what)
+	}
 }
 
 // TestKeeperOnReplicaThatDoesNotLead: two replicas behind one callback
