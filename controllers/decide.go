@@ -205,11 +205,18 @@ func decide(in decisionInput) plan {
 // every refresh due again at once. The refresh time is never earlier than
 // half the lifetime after the token was obtained (or minRefreshSpacing for
 // a token with no lifetime), whatever the jitter.
+//
+// A monitored token is never refreshed, so nothing caps its warning: a
+// long-lived token adopted 3 days before its end, with 336h, is due for a
+// human at once, not 36h before the end (TestMonitoredTokenWarningIsNotCapped).
 func refreshSchedule(in decisionInput) (at time.Time, refreshBefore time.Duration, capped bool) {
 	t := in.Token
 	refreshBefore = in.RefreshBefore
 	if t == nil || !t.Expires {
 		return time.Time{}, refreshBefore, false
+	}
+	if !t.Refreshable {
+		return t.ExpiresAt.Add(-refreshBefore), refreshBefore, false
 	}
 	lifetime := time.Duration(0)
 	if !t.ObtainedAt.IsZero() {

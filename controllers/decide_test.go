@@ -205,6 +205,43 @@ func TestWake(t *testing.T) {
 	}
 }
 
+// TestMonitoredTokenWarningIsNotCapped: the cap of refreshBefore by half
+// the observed lifetime prevents refresh storms, so it applies to tokens
+// the operator refreshes only. A long-lived token adopted with 3 days left
+// and refreshBefore 336h asks for a human at once; capped at half of those
+// 3 days it said "no human action needed" for 36 hours.
+func TestMonitoredTokenWarningIsNotCapped(t *testing.T) {
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	mt := &tokensv1alpha1.ManagedToken{ObjectMeta: metav1.ObjectMeta{Name: "crm", Namespace: "ns"}}
+	for _, tc := range []struct {
+		name        string
+		refreshable bool
+		wantReauth  metav1.ConditionStatus
+		wantCapped  bool
+	}{
+		{"monitored (long-lived)", false, metav1.ConditionTrue, false},
+		{"refreshable", true, metav1.ConditionFalse, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tok := &provider.Token{Expires: true, ExpiresAt: now.Add(72 * time.Hour), ObtainedAt: now, Refreshable: tc.refreshable}
+			in := decisionInput{Now: now, Token: tok, RefreshBefore: 336 * time.Hour, CheckInterval: 2 * time.Hour, LastCheck: now}
+			at, rb, capped := refreshSchedule(in)
+			if capped != tc.wantCapped {
+				t.Errorf("capped %v, want %v", capped, tc.wantCapped)
+			}
+			if s, reason, _ := reauthorization(tok, now, rb, mt); s != tc.wantReauth {
+				t.Errorf("ReauthorizationRequired %s (%s) with %v left, want %s", s, reason, tok.ExpiresAt.Sub(now), tc.wantReauth)
+			}
+			if !tc.refreshable && !at.Equal(now.Add(72*time.Hour-336*time.Hour)) {
+				t.Errorf("warning at %v, want expiry minus 336h", at)
+			}
+			if p := decide(in); p.Action != actionNone && !tc.refreshable {
+				t.Errorf("a monitored token: decide %v (%s), want None", p.Action, p.Why)
+			}
+		})
+	}
+}
+
 // TestShortCheckIntervalWithLongRefreshBefore is the regression test for a
 // probe hot loop: a jitter derived from a long refreshBefore must not push
 // the next check of a 1m checkInterval into the past.

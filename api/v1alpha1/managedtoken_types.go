@@ -55,8 +55,8 @@ const (
 	// provider-specific defaults of spec.refreshBefore for tokens the
 	// operator renews; DefaultRefreshBeforeMonitored is the default for
 	// tokens only a human can renew (a long-lived AmoCRM token, a Facebook
-	// user token), so the warning comes weeks ahead. Each is capped at half
-	// the token's lifetime.
+	// user token), so the warning comes weeks ahead. For tokens the operator
+	// refreshes, each is capped at half the token's lifetime.
 	DefaultRefreshBeforeFacebook  = "168h"
 	DefaultRefreshBeforeAmoCRM    = "2h"
 	DefaultRefreshBeforeMonitored = "336h"
@@ -120,9 +120,9 @@ type ManagedTokenSpec struct {
 	// (for a token only a human can renew: ask for reauthorization then).
 	// Defaults to 168h for Facebook and 2h for AmoCRM, and 336h (14 days)
 	// for tokens only a human can renew (applied by the controller, since an
-	// OpenAPI default cannot depend on the provider or the token). It is
-	// capped at half the token's observed lifetime, so a token is refreshed
-	// at most once per half lifetime.
+	// OpenAPI default cannot depend on the provider or the token). For a
+	// token the operator refreshes, it is capped at half the token's observed
+	// lifetime, so a token is refreshed at most once per half lifetime.
 	// +optional
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:MaxLength=64
