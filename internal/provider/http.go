@@ -46,22 +46,39 @@ func TransportError(op string, err error) *Error {
 	return &Error{Kind: KindTransient, Reason: "ProviderUnreachable", Message: msg, Op: op}
 }
 
+// maxSeconds bounds a count of seconds a provider sends (Retry-After,
+// expires_in): ten years, far beyond any wait or lifetime the scheduler
+// uses, and far below where time.Duration overflows (292 years).
+const maxSeconds = 10 * 365 * 24 * time.Hour
+
+// Seconds converts a count of seconds from a provider into a duration:
+// 0 for a negative count, at most ten years. Multiplied as is, a count
+// beyond 292 years wraps around to a short or negative duration: a huge
+// Retry-After would then mean a retry every second.
+func Seconds(n int64) time.Duration {
+	switch {
+	case n <= 0:
+		return 0
+	case n >= int64(maxSeconds/time.Second):
+		return maxSeconds
+	}
+	return time.Duration(n) * time.Second
+}
+
 // ParseRetryAfter reads a Retry-After header (seconds or an HTTP date).
-// It returns 0 when the header is absent or unreadable.
+// It returns 0 when the header is absent or unreadable, and at most ten
+// years (Seconds).
 func ParseRetryAfter(h string, now time.Time) time.Duration {
 	h = strings.TrimSpace(h)
 	if h == "" {
 		return 0
 	}
-	if secs, err := strconv.Atoi(h); err == nil {
-		if secs < 0 {
-			return 0
-		}
-		return time.Duration(secs) * time.Second
+	if secs, err := strconv.ParseInt(h, 10, 64); err == nil {
+		return Seconds(secs)
 	}
 	if t, err := http.ParseTime(h); err == nil {
 		if d := t.Sub(now); d > 0 {
-			return d
+			return min(d, maxSeconds)
 		}
 	}
 	return 0

@@ -51,10 +51,32 @@ func TestParseRetryAfter(t *testing.T) {
 		{"soon", 0},
 		{now.Add(90 * time.Second).Format(http.TimeFormat), 90 * time.Second},
 		{now.Add(-time.Minute).Format(http.TimeFormat), 0},
+		// Counts past time.Duration's range wrapped around to 290ms or a
+		// negative wait: now at most ten years.
+		{"18446744074", maxSeconds},
+		{"9223372037", maxSeconds},
+		{"99999999999999999999", 0}, // not an int64: unreadable
+		{now.AddDate(100, 0, 0).Format(http.TimeFormat), maxSeconds},
 	}
 	for _, tc := range tests {
 		if got := ParseRetryAfter(tc.h, now); got != tc.want {
 			t.Errorf("ParseRetryAfter(%q) = %v, want %v", tc.h, got, tc.want)
+		}
+	}
+}
+
+// TestSeconds: provider counts of seconds (Retry-After, expires_in) never
+// wrap around.
+func TestSeconds(t *testing.T) {
+	for _, tc := range []struct {
+		n    int64
+		want time.Duration
+	}{
+		{-5, 0}, {0, 0}, {86400, 24 * time.Hour}, {5183944, 5183944 * time.Second},
+		{int64(maxSeconds / time.Second), maxSeconds}, {1 << 40, maxSeconds}, {1<<63 - 1, maxSeconds},
+	} {
+		if got := Seconds(tc.n); got != tc.want || got < 0 {
+			t.Errorf("Seconds(%d) = %v, want %v", tc.n, got, tc.want)
 		}
 	}
 }

@@ -623,7 +623,7 @@ func (c *Client) parseToken(op string, status int, body []byte) (*provider.Token
 	claims, _ := decodeJWT(tr.AccessToken)
 	var fromTTL time.Time
 	if tr.ExpiresIn.set && tr.ExpiresIn.v > 0 {
-		fromTTL = now.Add(time.Duration(tr.ExpiresIn.v) * time.Second)
+		fromTTL = now.Add(provider.Seconds(tr.ExpiresIn.v))
 	}
 	expiresAt := chooseExpiry(fromTTL, claims.exp)
 	if expiresAt.IsZero() {

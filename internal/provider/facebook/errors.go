@@ -157,7 +157,7 @@ func (c *Client) classify(op string, status int, h http.Header, e *apiError, src
 	case e.Code == 368:
 		pe.Kind, pe.Reason = provider.KindThrottled, "TemporarilyBlocked"
 		pe.RetryAfter = max(retryAfter(h, c.clock.Now()), time.Hour)
-		pe.Message = "Facebook temporarily blocked the action for a policy violation: waiting at least an hour before trying again; " +
+		pe.Message = "Facebook temporarily blocked the action for a policy violation: waiting an hour (or spec.checkInterval, if shorter) before trying again; " +
 			"if it persists, check the app's and the user's standing in the Meta App Dashboard and Business Support Home"
 	case e.IsTransient || e.Code == 1 || e.Code == 2:
 		pe.Kind, pe.Reason = provider.KindTransient, "GraphAPITransient"

@@ -565,7 +565,7 @@ func tokenAnswer(op string, obj map[string]json.RawMessage, resp *response) (*ex
 	if raw, ok := obj["expires_in"]; ok {
 		var n flexInt
 		if json.Unmarshal(raw, &n) == nil && n > 0 {
-			res.expiresIn = time.Duration(n) * time.Second
+			res.expiresIn = provider.Seconds(int64(n))
 			res.hasExpiresIn = true
 		}
 	}
