@@ -169,3 +169,27 @@ func TestUnlabelledStateSecretIsReported(t *testing.T) {
 	})
 	fmt.Printf("measured: an unlabelled Secret with the state name cost %d state write attempts before it was reported\n", n)
 }
+
+// TestPublishedLaterIsNoHotLoop: the output Secret holds a token obtained
+// later than the stored state's, and no newer state comes (an older state
+// Secret restored from a backup, say). The run leaves the output alone and
+// looks again within a minute, not every second forever.
+func TestPublishedLaterIsNoHotLoop(t *testing.T) {
+	h := newReadyAmoCRM(t)
+	sec := h.output()
+	later := h.clk.Now().Add(time.Hour).UTC().Format(time.RFC3339Nano)
+	sec.Data[tokensv1alpha1.OutputAccessTokenKey] = []byte("a-token-obtained-later")
+	sec.Annotations[tokensv1alpha1.ObtainedAtAnnotation] = later
+	if err := k8sClient.Update(h.ctx, sec); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		res := h.reconcile()
+		if res.RequeueAfter < publishedLaterWake/2 || res.RequeueAfter > publishedLaterWake {
+			t.Fatalf("run %d: requeue after %v, want about %v", i, res.RequeueAfter, publishedLaterWake)
+		}
+	}
+	if got := string(h.output().Data[tokensv1alpha1.OutputAccessTokenKey]); got != "a-token-obtained-later" {
+		t.Fatal("the run published its older token over the later one")
+	}
+}

@@ -49,10 +49,11 @@ type published struct {
 	tokenChanged bool
 	// problem: the output Secret belongs to someone else.
 	problem *stateProblem
-	// superseded: the output Secret holds a token obtained later than the
-	// one this run would publish, or changed since it was read, so it was
-	// left alone and the run looks again soon.
-	superseded bool
+	// superseded: the output Secret changed since it was read, so it was
+	// left alone and the run looks again soon. publishedLater: it holds a
+	// token obtained later than the one this run would publish, so it was
+	// left alone; the state Secret watch brings the newer state.
+	superseded, publishedLater bool
 	// outputErr: the output Secret could not be read or written, so
 	// workloads do not have the stored token (status says so). err is it,
 	// or a failed consumer restart, which events report.
@@ -132,7 +133,7 @@ func (r *ManagedTokenReconciler) writeOutput(ctx context.Context, mt *tokensv1al
 		// seen makes it conflict instead of landing.
 		// TestStaleRunDoesNotOverwriteNewerToken covers both.
 		log.FromContext(ctx).V(1).Info("output Secret holds a token obtained later; leaving it", "secret", key.Name)
-		return published{superseded: true}
+		return published{publishedLater: true}
 	}
 	changed := !sameData(cur.Data, data) || cur.Type != corev1.SecretTypeOpaque
 	pub := published{tokenChanged: string(cur.Data[tokensv1alpha1.OutputAccessTokenKey]) != t.Published()}

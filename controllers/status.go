@@ -75,10 +75,25 @@ func (r *ManagedTokenReconciler) writeStatus(ctx context.Context, in *inputs, st
 	return status, nil
 }
 
-// wakeAfterRun is when to reconcile again: soon after a conflict or when a
-// newer token was found published, with back-off while a pair is not
-// stored, else the plan of the new state.
+// publishedLaterWake is the longest wait after a run found a later token
+// published than the state it loaded. The state Secret watch brings the
+// newer state at once; this is the fallback should it never come (an older
+// state Secret restored from a backup): a look each minute, not each second
+// (TestPublishedLaterIsNoHotLoop).
+const publishedLaterWake = time.Minute
+
+// wakeAfterRun is when to reconcile again: soon after a conflict, with
+// back-off while a pair is not stored, else the plan of the new state (at
+// most publishedLaterWake when a later token was found published).
 func wakeAfterRun(in *inputs, out outcome, pub published, status tokensv1alpha1.ManagedTokenStatus) time.Duration {
+	w := planWake(in, out, pub, status)
+	if pub.publishedLater {
+		return min(w, publishedLaterWake)
+	}
+	return w
+}
+
+func planWake(in *inputs, out outcome, pub published, status tokensv1alpha1.ManagedTokenStatus) time.Duration {
 	switch {
 	case out.conflict, pub.superseded:
 		return minWake
