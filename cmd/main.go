@@ -2,7 +2,6 @@
 package main
 
 import (
-	"crypto/tls"
 	"flag"
 	"fmt"
 	"net/http"
@@ -18,7 +17,6 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
 	"github.com/tokenkeeper/tokenkeeper/controllers"
@@ -44,7 +42,7 @@ func main() {
 		authzAddr, amoConsent, fbDialog  string
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "The address the metrics endpoint binds to. Use 0 to disable it.")
-	flag.BoolVar(&secureMetrics, "metrics-secure", false, "Serve metrics over HTTPS with authentication and authorization.")
+	flag.BoolVar(&secureMetrics, "metrics-secure", false, "Serve metrics over HTTPS (a self-signed certificate) to clients the API server authenticates and authorizes for get on /metrics; the manager then needs create on tokenreviews and subjectaccessreviews (config/components/secure-metrics).")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "The address the probe endpoint binds to.")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "Enable leader election, so that only one manager refreshes tokens at a time.")
 	flag.StringVar(&leaderNS, "leader-election-namespace", "", "Namespace of the leader election lease. Default: the pod's namespace in a cluster, \"default\" outside one.")
@@ -142,12 +140,8 @@ func run(c runConfig) error {
 	cfg.UserAgent = "tokenkeeper-manager"
 
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme: scheme,
-		Metrics: metricsserver.Options{
-			BindAddress:   c.metricsAddr,
-			SecureServing: c.secureMetrics,
-			TLSOpts:       []func(*tls.Config){func(t *tls.Config) { t.NextProtos = []string{"http/1.1"} }},
-		},
+		Scheme:                  scheme,
+		Metrics:                 metricsServerOptions(c.metricsAddr, c.secureMetrics),
 		HealthProbeBindAddress:  c.probeAddr,
 		LeaderElection:          c.leaderElect,
 		LeaderElectionID:        "tokenkeeper.tokens.tokenkeeper.dev",
