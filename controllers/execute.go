@@ -65,17 +65,23 @@ func (r *ManagedTokenReconciler) execute(ctx context.Context, in *inputs, p plan
 		// the credentials, an authorization request the lost state had
 		// recorded: TestDeletedStateRestoredBeforeAuthorizationRequest).
 		return r.commit(ctx, in, nil, "", *in.restore, outcome{state: *in.restore}, commitKeepingPair)
+	case in.record.adopt:
+		// A state Secret of an earlier ManagedToken of this name: adopt it
+		// (and resume from its pair) before anything else, even while this
+		// token is blocked (its credentials Secret missing, say). Left with
+		// the earlier token's orphaned-at mark, it would be deleted as soon
+		// as this one is deleted too, if the mark is older than the
+		// retention (TestBlockedRecreateAdoptsTheOrphanedState). A state
+		// Secret that is itself the problem is never adopted (load sets no
+		// record then).
+		log.FromContext(ctx).Info("adopting the state Secret of an earlier ManagedToken of this name")
+		return r.commit(ctx, in, nil, in.record.rv, in.record.state, outcome{state: in.record.state}, commitKeepingPair)
 	case in.problem != nil && in.authzRequest != "" && !in.stateBroken:
 		// A token that cannot be obtained from the credentials is exactly
 		// what an authorization request is for.
 		return r.acceptAuthorization(ctx, in)
 	case in.problem != nil:
 		return out
-	case in.record.adopt:
-		// A state Secret of an earlier ManagedToken of this name: adopt it
-		// (and resume from its pair) before anything else.
-		log.FromContext(ctx).Info("adopting the state Secret of an earlier ManagedToken of this name")
-		return r.commit(ctx, in, nil, in.record.rv, in.record.state, outcome{state: in.record.state}, commitKeepingPair)
 	case in.authzRequest != "":
 		// A new authorization request: record it (nothing else this run).
 		return r.acceptAuthorization(ctx, in)

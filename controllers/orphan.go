@@ -58,6 +58,17 @@ func (r *ManagedTokenReconciler) reconcileOrphan(ctx context.Context, key types.
 	if left := since.Add(retention).Sub(now); left > 0 {
 		return ctrl.Result{RequeueAfter: left}, nil
 	}
+	// The cache said the ManagedToken is gone; a re-create it has not seen
+	// yet would lose its pair. Ask the API server once, here only (the
+	// delete is rare), before deleting (TestOrphanDeleteChecksTheAPIServer).
+	if r.APIReader != nil {
+		if err := r.APIReader.Get(ctx, key, &tokensv1alpha1.ManagedToken{}); err == nil {
+			log.FromContext(ctx).Info("the ManagedToken exists again; keeping its state Secret", "secret", sec.Name)
+			return ctrl.Result{RequeueAfter: minWake}, nil
+		} else if !apierrors.IsNotFound(err) {
+			return ctrl.Result{}, err
+		}
+	}
 	pre := client.Preconditions{ResourceVersion: &sec.ResourceVersion}
 	if err := r.Delete(ctx, sec, pre); err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
 		return ctrl.Result{}, err

@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"strings"
@@ -8,7 +9,9 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	tokensv1alpha1 "github.com/tokenkeeper/tokenkeeper/api/v1alpha1"
 	"github.com/tokenkeeper/tokenkeeper/internal/provider/amocrm/amocrmfake"
@@ -286,6 +289,102 @@ func TestDeleteAndRecreateResumesFromTheStoredPair(t *testing.T) {
 	if h.secret(stateSecretName(h.mt.Name)) != nil {
 		t.Fatal("the orphaned state Secret outlived its retention")
 	}
+}
+
+// TestBlockedRecreateAdoptsTheOrphanedState: a ManagedToken is deleted and
+// created again while it is blocked (its credentials Secret is gone). It
+// adopts the orphaned state Secret all the same, which clears the earlier
+// orphaned-at mark: deleted again more than the retention after the first
+// deletion, its state Secret is kept for a new retention, not deleted at
+// once with the only live refresh token.
+func TestBlockedRecreateAdoptsTheOrphanedState(t *testing.T) {
+	h := newHarness(t, amocrmfake.Options{AccessTokenTTL: 24 * time.Hour})
+	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
+	h.createAmoMT("")
+	h.reconcile()
+	rt := h.state().Token.RefreshToken
+	if err := k8sClient.Delete(h.ctx, h.get()); err != nil {
+		t.Fatal(err)
+	}
+	h.reconcile() // marked orphaned
+	if err := k8sClient.Delete(h.ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: h.ns, Name: h.mt.Spec.CredentialsSecretRef.Name}}); err != nil {
+		t.Fatal(err)
+	}
+
+	h.clk.Step(DefaultOrphanRetention - 24*time.Hour)
+	h.mt = nil
+	h.createAmoMT("")
+	h.reconcile()
+	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionFalse, ReasonCredentialsSecretNotFound)
+	sec := h.secret(stateSecretName(h.mt.Name))
+	if sec.Annotations[orphanedAtAnnotation] != "" || sec.Annotations[ownerUIDAnnotation] != string(h.get().UID) {
+		t.Fatalf("a blocked re-created ManagedToken did not adopt its state Secret: %v", sec.Annotations)
+	}
+
+	h.clk.Step(48 * time.Hour) // past the first deletion's retention
+	if err := k8sClient.Delete(h.ctx, h.get()); err != nil {
+		t.Fatal(err)
+	}
+	h.reconcile()
+	sec = h.secret(stateSecretName(h.mt.Name))
+	if sec == nil {
+		t.Fatal("the state Secret was deleted with the first deletion's mark: the only live refresh token is gone")
+	}
+	if st, err := decodeState(sec.Data); err != nil || st.Token == nil || st.Token.RefreshToken != rt {
+		t.Fatal("the state Secret no longer holds the pair")
+	}
+}
+
+// TestOrphanDeleteChecksTheAPIServer: the retention of an orphaned state
+// Secret has passed, and its ManagedToken is created again just before the
+// orphan run, which a cache that has not seen the re-create reports as
+// gone. The run asks the API server before deleting, and keeps the state
+// Secret: the re-created token resumes from the stored pair.
+func TestOrphanDeleteChecksTheAPIServer(t *testing.T) {
+	h := newHarness(t, amocrmfake.Options{AccessTokenTTL: 24 * time.Hour})
+	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
+	h.createAmoMT("")
+	h.reconcile()
+	rt := h.state().Token.RefreshToken
+	if err := k8sClient.Delete(h.ctx, h.get()); err != nil {
+		t.Fatal(err)
+	}
+	h.reconcile() // marked orphaned
+	h.clk.Step(DefaultOrphanRetention + time.Minute)
+
+	name := h.mt.Name
+	h.mt = nil
+	h.createAmoMT("")
+	cached := h.r.Client
+	h.r.Client = lagging{Client: cached, hide: name}
+	h.reconcile()
+	if h.secret(stateSecretName(name)) == nil {
+		t.Fatal("the state Secret was deleted though its ManagedToken exists again")
+	}
+	if st := h.state(); st.Token == nil || st.Token.RefreshToken != rt {
+		t.Fatal("the state Secret no longer holds the pair")
+	}
+	h.r.Client = cached
+	h.reconcile() // adopts
+	h.reconcile() // the access token expired meanwhile: refreshes with the stored refresh token
+	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonTokenValid)
+	if st := h.state(); !h.amo.RefreshTokenLive(st.Token.RefreshToken) || h.amo.ReusedRefreshTokens() != 0 {
+		t.Fatal("the re-created ManagedToken did not resume from the stored pair")
+	}
+}
+
+// lagging is a client whose reads, like a cache that has not seen a
+// create yet, do not find the ManagedToken named hide.
+type lagging struct {
+	client.Client
+	hide string
+}
+
+func (l lagging) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	if _, ok := obj.(*tokensv1alpha1.ManagedToken); ok && key.Name == l.hide {
+		return apierrors.NewNotFound(tokensv1alpha1.GroupVersion.WithResource("managedtokens").GroupResource(), key.Name)
+	}
+	return l.Client.Get(ctx, key, obj, opts...)
 }
 
 func TestStateOfAnotherProviderIsNotAdopted(t *testing.T) {
