@@ -580,7 +580,7 @@ func (c *Client) call(ctx context.Context, op, version, path string, q url.Value
 	appID := creds.Get(KeyAppID)
 	if wait := c.heldBack(appID); wait > 0 {
 		return nil, nil, &provider.Error{Kind: provider.KindThrottled, Reason: "AppUsageHigh", Op: op, RetryAfter: wait,
-			Message: fmt.Sprintf("the Facebook app's usage (X-App-Usage) reached %.0f%% of its hourly limit, which every token of this app shares: "+
+			Message: fmt.Sprintf("the Facebook app is at or near its hourly call limit (its X-App-Usage reached %.0f%%, or Graph answered code 4 or 341), which every token of this app shares: "+
 				"calls for this app are held back for %s so the limit is not hit (raise the app's limit or spread its tokens' checks if this repeats)",
 				c.usage, wait.Round(time.Second))}
 	}

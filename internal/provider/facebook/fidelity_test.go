@@ -294,3 +294,42 @@ func TestAppUsageSlowsDown(t *testing.T) {
 		t.Fatalf("debug_token calls %d, want 3", h2.fake.Calls(facebookfake.OpDebugToken))
 	}
 }
+
+// TestAppThrottleWithSubcode: Graph's code 4 (app request limit) with an
+// error_subcode still holds every call of the app back; it did only
+// without a subcode, as the code was compared with its subcode attached.
+// A huge Retry-After holds the app back for at most the one-hour window.
+func TestAppThrottleWithSubcode(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name   string
+		header http.Header
+		want   time.Duration
+	}{
+		{"no Retry-After", nil, 15 * time.Minute},
+		{"a Retry-After of years", http.Header{"Retry-After": {"9223372037"}}, time.Hour},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, facebookfake.Options{}, nil)
+			tok := h.fake.IssueToken(facebookfake.KindSystemUserNonExpiring, time.Time{})
+			cur, err := h.client.Bootstrap(ctx, request(tok), "access_token")
+			if err != nil {
+				t.Fatal(err)
+			}
+			h.fake.FailNext(facebookfake.OpDebugToken, 1, 400,
+				`{"error":{"message":"(#4) Application request limit reached","type":"OAuthException","is_transient":true,"code":4,"error_subcode":1504022,"fbtrace_id":"AbCdEf"}}`, tc.header)
+			_, err = h.client.Probe(ctx, request(tok), cur)
+			if pe := wantProviderError(t, err, provider.KindThrottled, "RateLimited"); pe.RetryAfter <= 0 {
+				t.Fatalf("code 4 with a subcode: RetryAfter %v, want a wait", pe.RetryAfter)
+			}
+			calls := h.fake.Calls(facebookfake.OpDebugToken)
+			_, err = h.client.Probe(ctx, request(tok), cur)
+			if pe := wantProviderError(t, err, provider.KindThrottled, "AppUsageHigh"); pe.RetryAfter != tc.want {
+				t.Fatalf("held back for %v, want %v", pe.RetryAfter, tc.want)
+			}
+			if h.fake.Calls(facebookfake.OpDebugToken) != calls {
+				t.Fatal("a held-back call must not reach Facebook")
+			}
+		})
+	}
+}

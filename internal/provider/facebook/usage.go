@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"math"
 	"net/http"
+	"strings"
 	"time"
 )
 
@@ -61,8 +62,12 @@ func slowDown(pct, threshold float64) time.Duration {
 }
 
 // appLevelThrottle reports whether a Graph error code (as in
-// provider.Error.Code) throttles the whole app rather than one user or Page.
-func appLevelThrottle(code string) bool { return code == "4" || code == "341" }
+// provider.Error.Code: "4", or "4/1504022" with a subcode) throttles the
+// whole app rather than one user or Page (TestAppThrottleWithSubcode).
+func appLevelThrottle(code string) bool {
+	code, _, _ = strings.Cut(code, "/")
+	return code == "4" || code == "341"
+}
 
 func (c *Client) heldBack(appID string) time.Duration {
 	c.mu.Lock()
@@ -84,6 +89,10 @@ func (c *Client) holdBack(appID string, d time.Duration) {
 	if d <= 0 {
 		return
 	}
+	// The app's limit is counted over a rolling hour: a longer wait (a
+	// huge Retry-After) would hold back every token of the app past the
+	// point where it has room again.
+	d = min(d, maxSlowDown)
 	until := c.clock.Now().Add(d)
 	c.mu.Lock()
 	defer c.mu.Unlock()
