@@ -236,7 +236,25 @@ func (c *Client) Refresh(ctx context.Context, req provider.Request, current *pro
 			Message: "the current AmoCRM token has no refresh token: put a new authorization_code or refresh_token into the credentials Secret",
 		}
 	}
-	return c.tokenRequest(ctx, req, OpRefreshToken, current.RefreshToken, tokenHost(req, current))
+	host := tokenHost(req, current)
+	tok, err := c.tokenRequest(ctx, req, OpRefreshToken, current.RefreshToken, host)
+	perr := provider.AsError(err)
+	if err == nil || !isMove(perr) {
+		return tok, err
+	}
+	// The account is not on host (a renamed subdomain, a move between
+	// amocrm.com and kommo.com), which therefore did not use the refresh
+	// token. Look the account's host up as Probe does, and refresh there
+	// (TestRefreshFollowsAMove).
+	claims, _ := decodeJWT(current.AccessToken)
+	newHost, ferr := c.followMove(ctx, req, current.RefreshToken, claims)
+	if ferr == nil && newHost == host {
+		ferr = &provider.Error{Message: "the account lookup names the same host"}
+	}
+	if ferr != nil {
+		return nil, movedReport(perr, req, host, claims, ferr)
+	}
+	return c.tokenRequest(ctx, req, OpRefreshToken, current.RefreshToken, newHost)
 }
 
 // Probe implements provider.Provider: GET /api/v4/account with the access
@@ -433,6 +451,11 @@ func (c *Client) tokenRequest(ctx context.Context, req provider.Request, op, val
 		return tok, err
 	}
 	if status == http.StatusBadRequest || status == http.StatusUnauthorized {
+		if ae := parseAccountError(respBody); ae.notAboutToken() {
+			// A documented 401 about the account or its user, not about
+			// the value sent: the account moved, the user was disabled.
+			return nil, ae.classify(op, status, host)
+		}
 		if p, ok := parseProblem(respBody); ok {
 			return nil, classifyProblem(op, status, p, clientSecret, value)
 		}

@@ -160,6 +160,53 @@ func TestDomainMoveIsFollowed(t *testing.T) {
 	}
 }
 
+// TestRefreshFollowsAMove: the account moved and a refresh falls due
+// before any probe has noticed. The token endpoint of the old host answers
+// a documented account-level 401 (in either body shape), which did not use
+// the refresh token: the client looks the new host up and refreshes there,
+// instead of asking a human to re-authorize (ShapeProblem) or retrying the
+// old host forever (ShapeResponse).
+func TestRefreshFollowsAMove(t *testing.T) {
+	for _, shape := range []amocrmfake.ErrorShape{amocrmfake.ShapeResponse, amocrmfake.ShapeProblem} {
+		for _, notFound := range []bool{false, true} {
+			h := newHarness(t, func(o *amocrmfake.Options) { o.ErrorShape = shape }, nil)
+			tok := h.bootstrap()
+			h.fake.MoveAccount("example.kommo.com", notFound)
+			next, err := h.client.Refresh(context.Background(), request(), tok)
+			if err != nil {
+				t.Fatalf("shape %v, notFound=%v: %v", shape, notFound, err)
+			}
+			if next.APIDomain != "example.kommo.com" || h.fake.Calls("subdomain") != 1 {
+				t.Fatalf("shape %v, notFound=%v: APIDomain %q, subdomain calls %d", shape, notFound, next.APIDomain, h.fake.Calls("subdomain"))
+			}
+			if !h.fake.RefreshTokenLive(next.RefreshToken) || h.fake.ReusedRefreshTokens() != 0 {
+				t.Fatalf("shape %v, notFound=%v: the new pair is not live, or a refresh token was reused", shape, notFound)
+			}
+		}
+	}
+}
+
+// TestRefreshOnAMoveWithoutLookupIsAConfigurationError: the account moved
+// and its new host cannot be looked up (a token issued before api_domain
+// existed): the refresh reports the move (set spec.amocrm.domain), not a
+// revoked token, and the refresh token stays live.
+func TestRefreshOnAMoveWithoutLookupIsAConfigurationError(t *testing.T) {
+	h := newHarness(t, func(o *amocrmfake.Options) { o.ErrorShape = amocrmfake.ShapeProblem }, nil)
+	tok := h.bootstrap()
+	h.fake.MoveAccount("renamed.amocrm.ru", false)
+	old := *tok
+	old.AccessToken = "not-a-jwt" // no api_domain claim to look the host up with
+	_, err := h.client.Refresh(context.Background(), request(), &old)
+	pe := asProviderError(t, err)
+	if pe.Kind != provider.KindConfiguration || pe.Reason != "AccountOnAnotherServer" {
+		t.Fatalf("got %+v", pe)
+	}
+	wantKeywords(t, pe, "spec.amocrm.domain")
+	if !h.fake.RefreshTokenLive(tok.RefreshToken) {
+		t.Fatal("the refresh token must still be live")
+	}
+}
+
 // TestDomainMoveReportedForLongLivedTokens: no refresh token, so no lookup:
 // the condition names the domain the token belongs to.
 func TestDomainMoveReportedForLongLivedTokens(t *testing.T) {
