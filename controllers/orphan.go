@@ -61,12 +61,16 @@ func (r *ManagedTokenReconciler) reconcileOrphan(ctx context.Context, key types.
 	// The cache said the ManagedToken is gone; a re-create it has not seen
 	// yet would lose its pair. Ask the API server once, here only (the
 	// delete is rare), before deleting (TestOrphanDeleteChecksTheAPIServer).
+	// A list by name, not a get: the manager's role lists and watches
+	// ManagedTokens and needs no get (TestLeastPrivilege).
 	if r.APIReader != nil {
-		if err := r.APIReader.Get(ctx, key, &tokensv1alpha1.ManagedToken{}); err == nil {
+		var list tokensv1alpha1.ManagedTokenList
+		if err := r.APIReader.List(ctx, &list, client.InNamespace(key.Namespace), client.MatchingFields{"metadata.name": key.Name}); err != nil {
+			return ctrl.Result{}, err
+		}
+		if len(list.Items) > 0 {
 			log.FromContext(ctx).Info("the ManagedToken exists again; keeping its state Secret", "secret", sec.Name)
 			return ctrl.Result{RequeueAfter: minWake}, nil
-		} else if !apierrors.IsNotFound(err) {
-			return ctrl.Result{}, err
 		}
 	}
 	pre := client.Preconditions{ResourceVersion: &sec.ResourceVersion}

@@ -195,6 +195,15 @@ func TestPageTokenErrors(t *testing.T) {
 	if !strings.Contains(pe.Message, "role") || !strings.Contains(pe.Message, "779") {
 		t.Errorf("message: %s", pe.Message)
 	}
+	// The same user where Graph answers an error instead (unconfirmed
+	// which): a human must act either way.
+	herr := newHarness(t, facebookfake.Options{PageRoleError: true}, nil)
+	other = herr.fake.IssueToken(facebookfake.KindUserLong, t0.Add(50*day))
+	herr.fake.AddPage("779")
+	_, err = herr.client.Bootstrap(ctx, pageRequest(other, "779"), "access_token")
+	if pe := provider.AsError(err); pe == nil || pe.Kind != provider.KindReauthorize || pe.Reason != "NoPageRole" || !strings.Contains(pe.Message, "role") {
+		t.Errorf("no role, answered with 190/492: %+v", pe)
+	}
 
 	// A Page token in access_token with pageID set.
 	pageTok := h.fake.IssueToken(facebookfake.KindPage, time.Time{})

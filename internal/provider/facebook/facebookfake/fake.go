@@ -71,6 +71,10 @@ type Options struct {
 	// AppendHashFragment adds "#_=_" to the dialog's redirects, as Facebook
 	// is seen to do when the redirect URI has no fragment [S].
 	AppendHashFragment bool
+	// PageRoleError (unconfirmed): a caller without a role on the Page gets
+	// an error, code 190 subcode 492, instead of the default answer: the
+	// Page without access_token. Which one Graph answers is not documented.
+	PageRoleError bool
 	// AppCallsPerHour, when > 0, is the app's own rolling one-hour budget of
 	// app-token calls (debug_token), 200 x daily active users on the real
 	// platform. Every debug_token answer then carries X-App-Usage with
@@ -569,7 +573,8 @@ func (s *Server) proofOKLocked(w http.ResponseWriter, r *http.Request, op, token
 
 // pageLocked answers GET /{page-id}?fields=access_token with the caller's
 // token: the Page token when the caller has a role on the Page, else the
-// Page without access_token (unconfirmed: the real API may answer an error).
+// Page without access_token, or with Options.PageRoleError code 190/492
+// (unconfirmed which).
 func (s *Server) pageLocked(w http.ResponseWriter, r *http.Request, pageID string) {
 	caller := r.Form.Get("access_token")
 	t, now, ok := s.usableLocked(w, caller)
@@ -582,6 +587,10 @@ func (s *Server) pageLocked(w http.ResponseWriter, r *http.Request, pageID strin
 		return
 	}
 	resp := map[string]any{"id": pageID}
+	if s.opts.PageRoleError && r.Form.Get("fields") == "access_token" && !roles[caller] {
+		s.writeError(w, http.StatusBadRequest, 190, 492, "Error validating access token: The user must be an administrator, editor, or moderator of the page in order to impersonate it.")
+		return
+	}
 	if r.Form.Get("fields") == "access_token" && roles[caller] && t.kind != KindPage && t.kind != KindApp {
 		key := caller + "\x00" + pageID
 		pt, ok := s.pageTokens[key]
