@@ -31,6 +31,22 @@ func newReadyAmoCRM(t *testing.T) *harness {
 	return h
 }
 
+// newOrphanedAmoCRM is newReadyAmoCRM whose ManagedToken was then deleted:
+// its state Secret is marked orphaned. It returns the refresh token the
+// state Secret holds.
+func newOrphanedAmoCRM(t *testing.T) (*harness, string) {
+	h := newReadyAmoCRM(t)
+	rt := h.state().Token.RefreshToken
+	if err := k8sClient.Delete(h.ctx, h.get()); err != nil {
+		t.Fatal(err)
+	}
+	h.reconcile() // marked orphaned
+	if h.secret(stateSecretName(h.mt.Name)).Annotations[orphanedAtAnnotation] == "" {
+		t.Fatal("the orphaned state Secret is not marked")
+	}
+	return h, rt
+}
+
 // followRequeues runs reconciles, moving the fake clock by each requeue,
 // until d has passed, and returns how many reconciles ran.
 func (h *harness) followRequeues(d time.Duration) int {
@@ -298,15 +314,7 @@ func TestDeleteAndRecreateResumesFromTheStoredPair(t *testing.T) {
 // deletion, its state Secret is kept for a new retention, not deleted at
 // once with the only live refresh token.
 func TestBlockedRecreateAdoptsTheOrphanedState(t *testing.T) {
-	h := newHarness(t, amocrmfake.Options{AccessTokenTTL: 24 * time.Hour})
-	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
-	h.createAmoMT("")
-	h.reconcile()
-	rt := h.state().Token.RefreshToken
-	if err := k8sClient.Delete(h.ctx, h.get()); err != nil {
-		t.Fatal(err)
-	}
-	h.reconcile() // marked orphaned
+	h, rt := newOrphanedAmoCRM(t)
 	if err := k8sClient.Delete(h.ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: h.ns, Name: h.mt.Spec.CredentialsSecretRef.Name}}); err != nil {
 		t.Fatal(err)
 	}
@@ -341,15 +349,7 @@ func TestBlockedRecreateAdoptsTheOrphanedState(t *testing.T) {
 // gone. The run asks the API server before deleting, and keeps the state
 // Secret: the re-created token resumes from the stored pair.
 func TestOrphanDeleteChecksTheAPIServer(t *testing.T) {
-	h := newHarness(t, amocrmfake.Options{AccessTokenTTL: 24 * time.Hour})
-	h.amoCreds(map[string]string{"refresh_token": h.amo.IssueRefreshToken()})
-	h.createAmoMT("")
-	h.reconcile()
-	rt := h.state().Token.RefreshToken
-	if err := k8sClient.Delete(h.ctx, h.get()); err != nil {
-		t.Fatal(err)
-	}
-	h.reconcile() // marked orphaned
+	h, rt := newOrphanedAmoCRM(t)
 	h.clk.Step(DefaultOrphanRetention + time.Minute)
 
 	name := h.mt.Name

@@ -46,9 +46,38 @@ func kustomizeWithAuthorization(t testing.TB) objects {
 }
 
 // kustomizeUncommenting renders config/default as a user gets it after
-// uncommenting the given hint lines of its kustomization.yaml: config/ is
-// copied to a temporary folder, and only those lines change.
+// uncommenting the given hint lines of its kustomization.yaml: only those
+// lines change.
 func kustomizeUncommenting(t testing.TB, hints ...string) objects {
+	t.Helper()
+	return kustomizeEdited(t, func(data []byte) []byte {
+		var k map[string]any
+		if err := yaml.Unmarshal(data, &k); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := k["components"]; ok {
+			t.Fatalf("config/default/kustomization.yaml lists components: the authorization endpoint must be off by default")
+		}
+		lines := strings.Split(string(data), "\n")
+		for _, hint := range hints {
+			n := 0
+			for i, l := range lines {
+				if strings.TrimSpace(l) == hint {
+					lines[i] = strings.TrimPrefix(strings.TrimPrefix(strings.TrimSpace(l), "#"), " ")
+					n++
+				}
+			}
+			if n != 1 {
+				t.Fatalf("config/default/kustomization.yaml: want exactly one line %q, found %d", hint, n)
+			}
+		}
+		return []byte(strings.Join(lines, "\n"))
+	})
+}
+
+// kustomizeEdited renders config/default after edit changed its
+// kustomization.yaml, in a copy of config/ in a temporary folder.
+func kustomizeEdited(t testing.TB, edit func([]byte) []byte) objects {
 	t.Helper()
 	dir := t.TempDir()
 	if err := os.CopyFS(filepath.Join(dir, "config"), os.DirFS(path("config"))); err != nil {
@@ -59,27 +88,7 @@ func kustomizeUncommenting(t testing.TB, hints ...string) objects {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var k map[string]any
-	if err := yaml.Unmarshal(data, &k); err != nil {
-		t.Fatal(err)
-	}
-	if _, ok := k["components"]; ok {
-		t.Fatalf("config/default/kustomization.yaml lists components: the authorization endpoint must be off by default")
-	}
-	lines := strings.Split(string(data), "\n")
-	for _, hint := range hints {
-		n := 0
-		for i, l := range lines {
-			if strings.TrimSpace(l) == hint {
-				lines[i] = strings.TrimPrefix(strings.TrimPrefix(strings.TrimSpace(l), "#"), " ")
-				n++
-			}
-		}
-		if n != 1 {
-			t.Fatalf("config/default/kustomization.yaml: want exactly one line %q, found %d", hint, n)
-		}
-	}
-	writeFile(t, file, []byte(strings.Join(lines, "\n")))
+	writeFile(t, file, edit(data))
 	return parseObjects(t, run(t, tool(t, "kubectl"), "kustomize", filepath.Join(dir, "config", "default")))
 }
 

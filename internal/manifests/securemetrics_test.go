@@ -1,8 +1,6 @@
 package manifests
 
 import (
-	"os"
-	"path/filepath"
 	"slices"
 	"testing"
 
@@ -17,17 +15,9 @@ import (
 // a real API server.)
 func TestKustomizeSecureMetricsComponent(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	if err := os.CopyFS(filepath.Join(dir, "config"), os.DirFS(path("config"))); err != nil {
-		t.Fatal(err)
-	}
-	file := filepath.Join(dir, "config", "default", "kustomization.yaml")
-	data, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeFile(t, file, append(data, []byte("\ncomponents: [../components/secure-metrics]\n")...))
-	with := parseObjects(t, run(t, tool(t, "kubectl"), "kustomize", filepath.Join(dir, "config", "default")))
+	with := kustomizeEdited(t, func(data []byte) []byte {
+		return append(data, []byte("\ncomponents: [../components/secure-metrics]\n")...)
+	})
 	base := kustomize(t, "config/default")
 
 	dep := deploymentOf(t, with)
