@@ -93,6 +93,7 @@ func wakeAfterRun(in *inputs, out outcome, pub published, status tokensv1alpha1.
 	return w
 }
 
+// planWake is wakeAfterRun before the publishedLater cap.
 func planWake(in *inputs, out outcome, pub published, status tokensv1alpha1.ManagedTokenStatus) time.Duration {
 	switch {
 	case out.conflict, pub.superseded:
