@@ -200,8 +200,9 @@ func TestAuthorizationCodeErrors(t *testing.T) {
 }
 
 // TestAuthorizationCodeThenPassingFailure: after the code is spent, a
-// passing debug_token failure does not lose the user token; a passing
-// failure of the long-lived exchange says the code is spent.
+// passing debug_token failure does not lose the user token; a transient
+// failure of the long-lived exchange or of the Page token is tried again;
+// one that lasts says the code is spent.
 func TestAuthorizationCodeThenPassingFailure(t *testing.T) {
 	t.Run("debug_token fails once", func(t *testing.T) {
 		h := newHarness(t, facebookfake.Options{}, nil)
@@ -214,9 +215,35 @@ func TestAuthorizationCodeThenPassingFailure(t *testing.T) {
 			t.Errorf("token: %s %v %v", tok.Type, tok.ExpiresAt, tok.Scopes)
 		}
 	})
-	t.Run("the exchange fails", func(t *testing.T) {
+	t.Run("the exchange fails once", func(t *testing.T) {
 		h := newHarness(t, facebookfake.Options{}, nil)
 		h.fake.FailNext(facebookfake.OpExchange, 1, 502, "<html>Bad Gateway</html>", nil)
+		tok, err := h.client.Bootstrap(context.Background(), codeRequest(h.fake.IssueAuthorizationCode(testRedirectURI)), facebook.KeyAuthorizationCode)
+		if err != nil || tok.Type != facebook.TypeUserLongLived || h.fake.Calls(facebookfake.OpExchange) != 2 {
+			t.Fatalf("Bootstrap: %v (exchange calls %d), want the long-lived token on the second try", err, h.fake.Calls(facebookfake.OpExchange))
+		}
+	})
+	t.Run("the Page token fails once", func(t *testing.T) {
+		h := newHarness(t, facebookfake.Options{}, func(next http.Handler) http.Handler {
+			fake := next.(*facebookfake.Server)
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if strings.HasSuffix(r.URL.Path, "/1234567890") {
+					fake.AddPage("1234567890", r.URL.Query().Get("access_token"))
+				}
+				fake.ServeHTTP(w, r)
+			})
+		})
+		h.fake.FailNext(facebookfake.OpPage, 1, 502, "<html>Bad Gateway</html>", nil)
+		req := codeRequest(h.fake.IssueAuthorizationCode(testRedirectURI, "pages_show_list"))
+		req.Spec.Facebook.PageID = "1234567890"
+		tok, err := h.client.Bootstrap(context.Background(), req, facebook.KeyAuthorizationCode)
+		if err != nil || tok.PublishedAccessToken == "" || h.fake.Calls(facebookfake.OpPage) != 2 {
+			t.Fatalf("Bootstrap: %v (Page calls %d), want the Page token on the second try", err, h.fake.Calls(facebookfake.OpPage))
+		}
+	})
+	t.Run("the exchange keeps failing", func(t *testing.T) {
+		h := newHarness(t, facebookfake.Options{}, nil)
+		h.fake.FailNext(facebookfake.OpExchange, 10, 502, "<html>Bad Gateway</html>", nil)
 		_, err := h.client.Bootstrap(context.Background(), codeRequest(h.fake.IssueAuthorizationCode(testRedirectURI)), facebook.KeyAuthorizationCode)
 		h.checkNoLeak(err)
 		pe := wantProviderError(t, err, provider.KindTransient, "ServerError")

@@ -278,13 +278,23 @@ func (c *Client) bootstrapToken(ctx context.Context, version string, creds provi
 			Message: "spec.facebook.pageID is set, so credentials key access_token must hold the user or system-user token the Page token is derived from, not a " +
 				tok.Type + " token: put a long-lived user token or a system-user token with a role on the Page there, or remove spec.facebook.pageID to publish this token as is"}
 	}
+	withPage := func(t *provider.Token) (pt *provider.Token, err error) {
+		err = c.again(ctx, fromCode, func() error {
+			pt, err = c.withPage(ctx, version, creds, pageID, t, "")
+			return err
+		})
+		return pt, err
+	}
 	if tok.Type != TypeUserShortLived {
-		return c.withPage(ctx, version, creds, pageID, tok, "")
+		return withPage(tok)
 	}
 
 	// Short-lived user token: exchange it at once.
-	ex, err := c.exchange(ctx, OpExchange, version, creds, input)
-	if err != nil {
+	var ex *exchangeResult
+	if err := c.again(ctx, fromCode, func() (err error) {
+		ex, err = c.exchange(ctx, OpExchange, version, creds, input)
+		return err
+	}); err != nil {
 		return nil, err
 	}
 	now := c.clock.Now()
@@ -302,12 +312,16 @@ func (c *Client) bootstrapToken(ctx context.Context, version string, creds provi
 	}
 	// Ask debug_token about the new token anyway: data access expiry and
 	// scopes, and the expiry when expires_in was absent.
-	t2, derr := c.debugToken(ctx, version, creds, ex.accessToken)
+	var t2 *provider.Token
+	derr := c.again(ctx, fromCode && !ex.hasExpiresIn, func() (err error) {
+		t2, err = c.debugToken(ctx, version, creds, ex.accessToken)
+		return err
+	})
 	if derr != nil {
 		if ex.hasExpiresIn {
 			// The expiry is known; the rest was learnt from the
 			// short-lived token of the same user and app.
-			return c.withPage(ctx, version, creds, pageID, out, "")
+			return withPage(out)
 		}
 		return nil, derr
 	}
@@ -317,7 +331,39 @@ func (c *Client) bootstrapToken(ctx context.Context, version string, creds provi
 	}
 	out.DataAccessExpiresAt = t2.DataAccessExpiresAt
 	out.Scopes = t2.Scopes
-	return c.withPage(ctx, version, creds, pageID, out, "")
+	return withPage(out)
+}
+
+// codeFollowUpWaits are the waits before each new try of a call that
+// failed transiently after an authorization code was spent.
+var codeFollowUpWaits = []time.Duration{500 * time.Millisecond, 2 * time.Second}
+
+// again runs call and, when retry is set (a code was just spent: the user
+// token it gave exists only in this process), tries it again after each of
+// codeFollowUpWaits while it fails transiently and ctx allows. Without
+// it a 502 on the long-lived exchange or the Page token lost the token the
+// code gave, and a human had to authorize again
+// (TestAuthorizationCodeThenPassingFailure). Throttling is not retried
+// here: the app's hold-back answers it.
+func (c *Client) again(ctx context.Context, retry bool, call func() error) error {
+	err := call()
+	if !retry {
+		return err
+	}
+	for _, d := range codeFollowUpWaits {
+		if err == nil || provider.AsError(err).Kind != provider.KindTransient {
+			return err
+		}
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		err = call()
+	}
+	return err
 }
 
 // Refresh implements provider.Provider. It is meant for expiring
