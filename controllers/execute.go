@@ -91,11 +91,20 @@ func (r *ManagedTokenReconciler) execute(ctx context.Context, in *inputs, p plan
 	}
 	if in.creds == nil {
 		// A call is due: now the credentials are needed.
+		decidedWith := in.credsVersion
 		if err := r.readCredentials(ctx, in); err != nil {
 			out.storeErr = err
 			return out
 		}
 		if in.problem != nil {
+			return out
+		}
+		if in.credsVersion != decidedWith {
+			// They changed after the watch told load they had not: the
+			// decision never saw a grant they may hold now, and storing
+			// their new version would hide it for good. Decide again.
+			log.FromContext(ctx).V(1).Info("credentials changed since the decision; deciding again")
+			out.conflict = true
 			return out
 		}
 	}

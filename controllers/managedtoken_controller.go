@@ -245,8 +245,11 @@ func (r *ManagedTokenReconciler) loadWith(ctx context.Context, key types.Namespa
 
 	// A token decided before (its state names the credentials' version)
 	// looks the version up in the watch, which may wait for the watch to
-	// sync after a restart; a new one reads the Secret at once.
-	if st := in.current(); r.CredentialsVersion != nil && in.problem == nil && cb == nil && st.CredsVersion != "" {
+	// sync after a restart; a new one reads the Secret at once. So does one
+	// with no token or a failure on record: its grant may have been tried
+	// without being used up (a transient failure of a first exchange), and
+	// must be seen to be tried again (TestUntriedGrantIsNotHiddenByTheWatch).
+	if st := in.current(); r.CredentialsVersion != nil && in.problem == nil && cb == nil && st.CredsVersion != "" && st.Token != nil && st.Failure == nil {
 		if rv, ok := r.CredentialsVersion(ctx, mt.Namespace, mt.Spec.CredentialsSecretRef.Name); ok && rv == st.CredsVersion {
 			// Unchanged since the stored state was decided with them: no
 			// new grant can be there. Read them when a call is due.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -385,6 +386,64 @@ func (l lagging) Get(ctx context.Context, key client.ObjectKey, obj client.Objec
 		return apierrors.NewNotFound(tokensv1alpha1.GroupVersion.WithResource("managedtokens").GroupResource(), key.Name)
 	}
 	return l.Client.Get(ctx, key, obj, opts...)
+}
+
+// TestUntriedGrantIsNotHiddenByTheWatch: with the credentials watch on
+// (the manager's setting, which the harness leaves off otherwise), a grant
+// the provider could not answer for (a 502 on the first exchange) is tried
+// again after its back-off: the stored credentials version must not let
+// load skip a grant that was never used up. And credentials that change
+// between the decision and the call make the run decide again, so a grant
+// they bring is not hidden under their new version.
+func TestUntriedGrantIsNotHiddenByTheWatch(t *testing.T) {
+	watchOn := func(h *harness) {
+		h.r.CredentialsVersion = func(ctx context.Context, ns, name string) (string, bool) {
+			s := &corev1.Secret{}
+			if err := k8sClient.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, s); err != nil {
+				return "", false
+			}
+			return s.ResourceVersion, true
+		}
+	}
+	t.Run("a first exchange that failed transiently", func(t *testing.T) {
+		h := newHarness(t, amocrmfake.Options{AccessTokenTTL: 24 * time.Hour})
+		watchOn(h)
+		h.amoCreds(map[string]string{"authorization_code": h.amo.IssueAuthorizationCode()})
+		h.amo.FailNext(1, http.StatusBadGateway, "<html>Bad Gateway</html>", nil)
+		h.createAmoMT("")
+		h.followRequeues(time.Hour)
+		h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonTokenValid)
+		if n := h.amo.Calls("authorization_code"); n != 2 {
+			t.Fatalf("%d code exchanges, want 2 (the failed one and its retry)", n)
+		}
+	})
+	t.Run("a grant added after the decision", func(t *testing.T) {
+		h := newReadyAmoCRM(t)
+		watchOn(h)
+		h.advancePastNextRefresh()
+		h.reconcile() // a refresh records the credentials' version
+		stale := h.r.CredentialsVersion
+		var once sync.Once
+		h.r.CredentialsVersion = func(ctx context.Context, ns, name string) (string, bool) {
+			rv, ok := stale(ctx, ns, name)
+			// The watch has not seen the edit below yet.
+			once.Do(func() {
+				s := h.secret(name)
+				s.Data["authorization_code"] = []byte(h.amo.IssueAuthorizationCode())
+				if err := k8sClient.Update(ctx, s); err != nil {
+					t.Fatal(err)
+				}
+			})
+			return rv, ok
+		}
+		h.advancePastNextRefresh()
+		h.reconcile() // decided on the old version; the call finds a new one
+		h.r.CredentialsVersion = stale
+		h.reconcile()
+		if n := h.amo.Calls("authorization_code"); n != 1 {
+			t.Fatalf("%d code exchanges, want the new grant tried once", n)
+		}
+	})
 }
 
 func TestStateOfAnotherProviderIsNotAdopted(t *testing.T) {
