@@ -22,6 +22,7 @@ const (
 	ReasonTokenExpired              = "TokenExpired"
 	ReasonTokenExpiringSoon         = "TokenExpiringSoon"
 	ReasonDataAccessExpiringSoon    = "DataAccessExpiringSoon"
+	ReasonDataAccessExpired         = "DataAccessExpired"
 	ReasonAuthorized                = "Authorized"
 	ReasonProviderNotConfigured     = "ProviderNotConfigured"
 	// ReasonAuthorizationRequired: no token yet and no grant in the

@@ -159,6 +159,18 @@ func TestFacebookDataAccessExpiry(t *testing.T) {
 	h.clk.SetTime(da.Add(-13 * 24 * time.Hour))
 	h.reconcile()
 	h.wantCond(tokensv1alpha1.ConditionReauthorizationRequired, metav1.ConditionTrue, ReasonDataAccessExpiringSoon)
+	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonTokenValid)
+	// Lapsed: the token still authenticates, but data calls fail, so
+	// workloads cannot use it: not Ready, said once.
+	h.clk.SetTime(da.Add(time.Hour))
+	h.reconcile()
+	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionFalse, ReasonDataAccessExpired)
+	h.wantCond(tokensv1alpha1.ConditionReauthorizationRequired, metav1.ConditionTrue, ReasonDataAccessExpired)
+	h.clk.Step(3 * time.Hour)
+	h.reconcile()
+	if n := h.events.count(ReasonDataAccessExpired); n != 2 {
+		t.Fatalf("%d %s events, want 2 (one per condition's transition)", n, ReasonDataAccessExpired)
+	}
 }
 
 func TestFacebookRevokedTokenFoundByProbe(t *testing.T) {

@@ -259,6 +259,12 @@ func setConditions(mt *tokensv1alpha1.ManagedToken, in *inputs, out outcome, pub
 // readiness reports whether the stored token can be used now.
 func readiness(t *provider.Token, now time.Time, sched plan) (metav1.ConditionStatus, string, string) {
 	switch {
+	case !t.DataAccessExpiresAt.IsZero() && !now.Before(t.DataAccessExpiresAt) && (!t.Expires || now.Before(t.ExpiresAt)):
+		// The token still authenticates, but Facebook answers data calls
+		// with 190/493 until the user re-consents: workloads cannot use it
+		// (TestFacebookDataAccessExpiry).
+		return metav1.ConditionFalse, ReasonDataAccessExpired, "data access expired at " + t.DataAccessExpiresAt.UTC().Format(time.RFC3339) +
+			": data calls fail with 190/493 until the user uses the app again (logs in and re-consents)"
 	case !t.Expires:
 		return metav1.ConditionTrue, ReasonTokenNeverExpires, "the token is valid and does not expire"
 	case !now.Before(t.ExpiresAt):
@@ -286,6 +292,8 @@ func reauthorization(t *provider.Token, now time.Time, refreshBefore time.Durati
 		return metav1.ConditionTrue, ReasonTokenExpired, "the token expired at " + t.ExpiresAt.UTC().Format(time.RFC3339) + " and cannot be renewed without a human: log in again" + where
 	case !t.Refreshable && t.Expires && !now.Before(t.ExpiresAt.Add(-refreshBefore)):
 		return metav1.ConditionTrue, ReasonTokenExpiringSoon, "the token expires at " + t.ExpiresAt.UTC().Format(time.RFC3339) + " and cannot be renewed server-side: a human must log in again before then" + where
+	case !t.DataAccessExpiresAt.IsZero() && !now.Before(t.DataAccessExpiresAt):
+		return metav1.ConditionTrue, ReasonDataAccessExpired, "data access expired at " + t.DataAccessExpiresAt.UTC().Format(time.RFC3339) + ": the user must use the app (log in and re-consent)" + where
 	case !t.DataAccessExpiresAt.IsZero() && !now.Before(t.DataAccessExpiresAt.Add(-refreshBefore)):
 		return metav1.ConditionTrue, ReasonDataAccessExpiringSoon, "data access expires at " + t.DataAccessExpiresAt.UTC().Format(time.RFC3339) + ": the user must use the app (log in and re-consent) before then, or data calls fail with 190/493"
 	}
