@@ -193,3 +193,43 @@ func TestPublishedLaterIsNoHotLoop(t *testing.T) {
 		t.Fatal("the run published its older token over the later one")
 	}
 }
+
+// TestAPIErrorsBackOffAndAreReported: the API server refuses the spend
+// intent's write (not a conflict: an admission policy, an outage). Each run
+// used to try again 5 s later, forever, with Ready still TokenValid and no
+// event. Now the waits grow, Ready names the refusal (still True while the
+// token is valid), one event says so, and nothing reaches the provider.
+func TestAPIErrorsBackOffAndAreReported(t *testing.T) {
+	h := newReadyAmoCRM(t)
+	refreshes := h.amo.Calls(amocrm.OpRefreshToken)
+	h.client.failStateWrites.Store(1 << 20)
+	h.advancePastNextRefresh()
+	var waits []time.Duration
+	for i := 0; i < 4; i++ {
+		res := h.reconcile()
+		waits = append(waits, res.RequeueAfter)
+		h.clk.Step(res.RequeueAfter)
+	}
+	for i := 1; i < len(waits); i++ {
+		if waits[i] <= waits[i-1] {
+			t.Fatalf("waits %v: want them to grow", waits)
+		}
+	}
+	c := h.cond(tokensv1alpha1.ConditionReady)
+	if c.Status != metav1.ConditionTrue || c.Reason != ReasonKubernetesAPIError || !strings.Contains(c.Message, "injected state write failure") {
+		t.Fatalf("Ready %s %s %q, want True %s naming the refusal", c.Status, c.Reason, c.Message, ReasonKubernetesAPIError)
+	}
+	if n := h.events.count(ReasonKubernetesAPIError); n != 1 {
+		t.Fatalf("%d %s events, want 1", n, ReasonKubernetesAPIError)
+	}
+	if n := h.amo.Calls(amocrm.OpRefreshToken); n != refreshes {
+		t.Fatalf("%d refresh calls without an intent written, want none", n-refreshes)
+	}
+
+	h.client.failStateWrites.Store(0)
+	h.reconcile()
+	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonTokenValid)
+	if n := h.amo.Calls(amocrm.OpRefreshToken); n != refreshes+1 {
+		t.Fatalf("%d refresh calls once writes work, want 1", n-refreshes)
+	}
+}

@@ -105,7 +105,10 @@ func planWake(in *inputs, out outcome, pub published, status tokensv1alpha1.Mana
 		}
 		return retryDelay(attempts, 0, in.now, nil, in.checkInterval)
 	case out.storeErr != nil:
-		return retryDelay(1, 0, in.now, nil, in.checkInterval)
+		// Exponential, and before the token's expiry: a write refused
+		// for good (an admission policy) is not tried every 5 s forever
+		// (TestAPIErrorsBackOffAndAreReported).
+		return retryDelay(max(out.apiErrors, 1), 0, in.now, out.state.Token, in.checkInterval)
 	}
 	after := *in
 	after.record = stateRecord{state: out.state, rv: out.rv}
@@ -212,6 +215,16 @@ func setConditions(mt *tokensv1alpha1.ManagedToken, in *inputs, out outcome, pub
 	case !out.stored:
 		ready(metav1.ConditionFalse, ReasonStatePending, "a new token was issued but could not be stored yet; retrying with back-off, and the provider is not called meanwhile")
 		reauthFromToken()
+	case out.storeErr != nil:
+		msg := "the Kubernetes API refused a read or write this run needed (" + redactAPIError(out.storeErr, t) + "), so no provider call could start; retrying with back-off"
+		if state.usable(in.now) {
+			ready(metav1.ConditionTrue, ReasonKubernetesAPIError, "the published token is still valid"+untilText(t)+", but "+msg)
+		} else {
+			ready(metav1.ConditionFalse, ReasonKubernetesAPIError, msg)
+		}
+		if t != nil {
+			reauthFromToken()
+		}
 	case f != nil && (halted || f.Kind == provider.KindReauthorize.String() || f.Kind == provider.KindTokenRejected.String()):
 		msg := f.Op + ": " + f.Message
 		if halted {
@@ -229,7 +242,7 @@ func setConditions(mt *tokensv1alpha1.ManagedToken, in *inputs, out outcome, pub
 		// have this one (TestOutputNotWrittenIsNotReady).
 		// publish runs only with a stored token, so t is not nil here.
 		ready(metav1.ConditionFalse, ReasonOutputNotWritten, "the token is stored, but Secret "+strconv.Quote(mt.Spec.SecretName)+
-			" could not be written: "+provider.Redact(pub.outputErr.Error(), t.Published(), t.AccessToken, t.RefreshToken)+"; retrying with back-off")
+			" could not be written: "+redactAPIError(pub.outputErr, t)+"; retrying with back-off")
 		reauthFromToken()
 	case f != nil:
 		retry := ""
@@ -254,6 +267,16 @@ func setConditions(mt *tokensv1alpha1.ManagedToken, in *inputs, out outcome, pub
 		ready(s, reason, msg)
 		reauthFromToken()
 	}
+}
+
+// redactAPIError is a Kubernetes API error's text, safe for status and
+// logs: an admission webhook's message is someone else's text, so the
+// token's values are taken out of it (provider.Redact).
+func redactAPIError(err error, t *provider.Token) string {
+	if t == nil {
+		return provider.Redact(err.Error())
+	}
+	return provider.Redact(err.Error(), t.Published(), t.AccessToken, t.RefreshToken)
 }
 
 // readiness reports whether the stored token can be used now.

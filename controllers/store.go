@@ -183,6 +183,9 @@ type memory struct {
 	// newer is a state Secret version a commit found on the API server
 	// when the cache still showed an older one (see newerState).
 	newer map[types.NamespacedName]newerState
+	// apiErrors counts each ManagedToken's consecutive runs that met a
+	// Kubernetes API error (countAPIErrors).
+	apiErrors map[types.NamespacedName]int32
 	// unlabelled marks the ManagedTokens whose state Secret name is taken
 	// by a Secret without tokenkeeper's label, which the label-selected
 	// cache never shows (see noteUnlabelledState).
@@ -246,6 +249,7 @@ func newMemory() *memory {
 		storing:  map[types.NamespacedName]*storeLock{},
 
 		unlabelled: map[types.NamespacedName]types.UID{},
+		apiErrors:  map[types.NamespacedName]int32{},
 	}
 }
 
@@ -439,6 +443,20 @@ func (m *memory) forget(key types.NamespacedName) {
 	delete(m.written, key)
 	delete(m.newer, key)
 	delete(m.unlabelled, key)
+	delete(m.apiErrors, key)
+}
+
+// countAPIErrors records whether a run of key met a Kubernetes API error and
+// returns how many runs in a row have (0 after one that did not).
+func (m *memory) countAPIErrors(key types.NamespacedName, failed bool) int32 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !failed {
+		delete(m.apiErrors, key)
+		return 0
+	}
+	m.apiErrors[key]++
+	return m.apiErrors[key]
 }
 
 // setUnlabelled records whether the state Secret name of the ManagedToken
