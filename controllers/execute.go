@@ -40,6 +40,9 @@ type outcome struct {
 	// under this run, which re-reads and decides again soon.
 	storeErr error
 	conflict bool
+	// apiErrors counts the consecutive runs of this ManagedToken, this one
+	// included, that met storeErr (set by Reconcile): their back-off.
+	apiErrors int32
 	// deferred: the manager is stopping, so no new spend was started.
 	deferred bool
 	// called: the provider was called with the spent value (a conflict
@@ -625,9 +628,10 @@ func mergeMetadata(t, probed *provider.Token) {
 	if len(probed.Scopes) > 0 {
 		t.Scopes = append([]string(nil), probed.Scopes...)
 	}
-	if probed.PublishedAccessToken != "" {
-		t.PublishedAccessToken = probed.PublishedAccessToken
-	}
+	// What the check says is published, including nothing: with
+	// spec.facebook.pageID removed the provider clears it, and the managed
+	// token is published again (TestRemovingPageIDPublishesTheManagedToken).
+	t.PublishedAccessToken = probed.PublishedAccessToken
 	if probed.APIDomain != "" {
 		t.APIDomain = probed.APIDomain
 	}

@@ -105,6 +105,38 @@ func TestFidelityPageToken(t *testing.T) {
 	}
 }
 
+// TestRemovingPageIDPublishesTheManagedToken: with spec.facebook.pageID
+// removed, the next check publishes the managed token again instead of
+// the Page token (the check's empty Page token was ignored before).
+func TestRemovingPageIDPublishesTheManagedToken(t *testing.T) {
+	const pageID = "104169029247128"
+	h := newHarness(t, amocrmfake.Options{})
+	user := h.fb.IssueToken(facebookfake.KindUserLong, h.clk.Now().Add(50*24*time.Hour))
+	h.fb.AddPage(pageID, user)
+	h.putCreds("facebook-app", map[string]string{"app_id": testAppID, "app_secret": testAppSecret, "access_token": user})
+	mt := validFacebook(h.ns, "page")
+	mt.Spec.Facebook = &tokensv1alpha1.FacebookSpec{PageID: pageID}
+	h.createMT(mt)
+	h.reconcile()
+	if got := string(h.output().Data[tokensv1alpha1.OutputAccessTokenKey]); got != h.fb.PageToken(user, pageID) || got == "" {
+		t.Fatal("the output Secret does not hold the Page token")
+	}
+
+	cur := h.get()
+	cur.Spec.Facebook.PageID = ""
+	if err := k8sClient.Update(h.ctx, cur); err != nil {
+		t.Fatal(err)
+	}
+	h.clk.Step(2*time.Hour + time.Minute)
+	h.reconcile()
+	if got := string(h.output().Data[tokensv1alpha1.OutputAccessTokenKey]); got != user {
+		t.Fatal("with pageID removed, the output Secret still does not hold the managed user token")
+	}
+	if st := h.state(); st.Token.PublishedAccessToken != "" {
+		t.Fatal("the state still names a Page token to publish")
+	}
+}
+
 // TestFidelityPageIDAdmission: spec.facebook.pageID must be numeric.
 func TestFidelityPageIDAdmission(t *testing.T) {
 	ns := newNamespace(t)
