@@ -160,6 +160,10 @@ func projectStatus(in *inputs, out outcome, pub published) tokensv1alpha1.Manage
 		st.LastRefreshTime = optTime(!t.ObtainedAt.IsZero(), t.ObtainedAt)
 		st.NextRefreshTime = optTime(t.Refreshable && !sched.RefreshAt.IsZero(), sched.RefreshAt)
 	}
+	if in.problem != nil {
+		// Blocked: no refresh is planned until the problem is gone.
+		st.NextRefreshTime = nil
+	}
 	setConditions(mt, in, out, pub, sched)
 	st.Authorization = projectAuthorization(state.Authorization, in.now)
 	return mt.Status
@@ -211,6 +215,11 @@ func setConditions(mt *tokensv1alpha1.ManagedToken, in *inputs, out outcome, pub
 			reauth(metav1.ConditionTrue, problem.reason, problem.message)
 		case t != nil:
 			reauthFromToken()
+		default:
+			// No token to judge (the state Secret cannot be read, say):
+			// neither "no human action needed" from before, nor a stale
+			// observedGeneration (TestCorruptStateIsReportedNotOverwritten).
+			reauth(metav1.ConditionUnknown, problem.reason, "cannot tell while Ready is False: "+problem.message)
 		}
 	case !out.stored:
 		ready(metav1.ConditionFalse, ReasonStatePending, "a new token was issued but could not be stored yet; retrying with back-off, and the provider is not called meanwhile")
@@ -382,6 +391,9 @@ func (r *ManagedTokenReconciler) emitEvents(in *inputs, out outcome, status toke
 			continue
 		}
 		c := meta.FindStatusCondition(status.Conditions, ct)
+		if c.Status == metav1.ConditionUnknown {
+			continue // not news: Ready's event says why
+		}
 		good := (ct == tokensv1alpha1.ConditionReady) == (c.Status == metav1.ConditionTrue)
 		if good && meta.FindStatusCondition(mt.Status.Conditions, ct) == nil && ct != tokensv1alpha1.ConditionReady {
 			continue // a first "no action needed" is not news

@@ -237,6 +237,22 @@ func TestCorruptStateIsReportedNotOverwritten(t *testing.T) {
 	if n := h.events.count(ReasonStateCorrupt); n != 1 {
 		t.Fatalf("%d StateCorrupt events, want 1 (a Warning on the transition)", n)
 	}
+	// Nothing stale stays in status: no planned refresh, and
+	// ReauthorizationRequired follows the spec's generation (Unknown: no
+	// token to judge), not the "no human action needed" of before.
+	mt := h.get()
+	mt.Spec.CheckInterval = &metav1.Duration{Duration: 3 * time.Hour}
+	if err := k8sClient.Update(h.ctx, mt); err != nil {
+		t.Fatal(err)
+	}
+	h.reconcile()
+	st := h.get()
+	if st.Status.NextRefreshTime != nil {
+		t.Fatalf("nextRefreshTime %v for a token the operator will not refresh", st.Status.NextRefreshTime)
+	}
+	if c := h.cond(tokensv1alpha1.ConditionReauthorizationRequired); c.Status != metav1.ConditionUnknown || c.ObservedGeneration != st.Generation {
+		t.Fatalf("ReauthorizationRequired %s (generation %d of %d), want Unknown for the current generation", c.Status, c.ObservedGeneration, st.Generation)
+	}
 }
 
 func TestRejectedExtraGrantNeverHaltsAHealthyToken(t *testing.T) {
