@@ -190,14 +190,29 @@ func projectAuthorization(a *authzRecord, now time.Time) *tokensv1alpha1.Authori
 		st.Message = "waiting for consent until " + a.Expires.UTC().Format(time.RFC3339) + ": open the URL kubectl tokenkeeper authorize printed"
 	case tokensv1alpha1.AuthorizationExpired:
 		st.Message = "no callback arrived before " + a.Expires.UTC().Format(time.RFC3339) + ": run kubectl tokenkeeper authorize again"
+	case tokensv1alpha1.AuthorizationFailed:
+		if a.Phase == "" {
+			st.Message = "a callback took this request at " + a.Used.UTC().Format(time.RFC3339) +
+				", and its outcome was never recorded (the manager stopped during the exchange, or could not store it): see the Ready condition, and run kubectl tokenkeeper authorize again if the token is not Ready"
+		}
 	}
 	return st
 }
+
+// takenOutcomeGrace is how long after its expiry a request that a callback
+// took may still wait for that callback's outcome: longer than the
+// callback's wait for a spend in flight, its own spend and its publish.
+const takenOutcomeGrace = 3 * time.Minute
 
 func authorizationPhase(a *authzRecord, now time.Time) tokensv1alpha1.AuthorizationPhase {
 	switch {
 	case a.Phase != "":
 		return tokensv1alpha1.AuthorizationPhase(a.Phase)
+	case a.Used != nil && !now.Before(a.Expires.Add(takenOutcomeGrace)):
+		// Taken, and its callback never recorded an outcome (a manager
+		// killed during the exchange): not Pending forever
+		// (TestTakenRequestWithoutOutcomeEnds).
+		return tokensv1alpha1.AuthorizationFailed
 	case a.Used != nil:
 		// Taken by a callback whose exchange has not ended (or whose
 		// outcome is not stored yet).
@@ -208,12 +223,20 @@ func authorizationPhase(a *authzRecord, now time.Time) tokensv1alpha1.Authorizat
 	return tokensv1alpha1.AuthorizationPending
 }
 
-// authorizationWake is when a pending request expires (zero when none).
+// authorizationWake is when a pending request expires, or a taken one
+// stops waiting for its outcome (zero when none).
 func authorizationWake(a *authzRecord, now time.Time) time.Duration {
-	if a == nil || a.taken() || !now.Before(a.Expires) {
+	if a == nil || a.Phase != "" {
 		return 0
 	}
-	return a.Expires.Sub(now) + time.Second
+	end := a.Expires
+	if a.Used != nil {
+		end = a.Expires.Add(takenOutcomeGrace)
+	}
+	if !now.Before(end) {
+		return 0
+	}
+	return end.Sub(now) + time.Second
 }
 
 // authorizationEvent is the event for a change of status.authorization.

@@ -41,8 +41,8 @@ const (
 	// token to one only a human can renew; it was not adopted.
 	ReasonGrantNotAdopted = "GrantNotAdopted"
 	// ReasonKubernetesAPIError: the API server refused a read or write a
-	// run needed before calling the provider (the state Secret's spend
-	// intent, the credentials Secret), for a reason other than a conflict.
+	// run needed (the state Secret's spend intent, the credentials Secret,
+	// a failure record), for a reason other than a conflict.
 	ReasonKubernetesAPIError = "KubernetesAPIError"
 	// ReasonOutputNotWritten: the token is stored, but the output Secret
 	// could not be written (API server errors, an admission webhook, a

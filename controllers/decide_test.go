@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -387,5 +388,41 @@ func TestEffectiveRefreshBefore(t *testing.T) {
 	amo.RefreshBefore = &metav1.Duration{Duration: 5 * time.Hour}
 	if got := effectiveRefreshBefore(&amo, monitored); got != 5*time.Hour {
 		t.Errorf("an explicit refreshBefore wins: %v", got)
+	}
+}
+
+// TestTakenRequestWithoutOutcomeEnds: a callback took an authorization
+// request (its spend intent marked it used) and the manager died before
+// recording the outcome. The request used to stay Pending forever, with no
+// wake to change that, and kubectl tokenkeeper authorize waited out its
+// timeout. It now ends as Failed, saying so, a grace after its expiry.
+func TestTakenRequestWithoutOutcomeEnds(t *testing.T) {
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	used := now.Add(time.Minute)
+	a := &authzRecord{Hash: "h", Accepted: now, Expires: now.Add(15 * time.Minute), Used: &used}
+
+	if st := projectAuthorization(a, now.Add(2*time.Minute)); st.Phase != tokensv1alpha1.AuthorizationPending {
+		t.Fatalf("while its callback may still run: %s, want Pending", st.Phase)
+	}
+	wake := authorizationWake(a, now.Add(2*time.Minute))
+	end := now.Add(2 * time.Minute).Add(wake)
+	if wake <= 0 || end.Before(a.Expires.Add(takenOutcomeGrace)) {
+		t.Fatalf("wake %v: want one at the end of the grace", wake)
+	}
+	st := projectAuthorization(a, end)
+	if st.Phase != tokensv1alpha1.AuthorizationFailed || !strings.Contains(st.Message, "never recorded") || st.ConsentURL != "" {
+		t.Fatalf("after the grace: %s %q, want Failed saying the outcome was never recorded", st.Phase, st.Message)
+	}
+	if w := authorizationWake(a, end); w != 0 {
+		t.Fatalf("no more wakes once it ended: %v", w)
+	}
+
+	// An untaken request expires at its expiry, as before.
+	open := &authzRecord{Hash: "h", Accepted: now, Expires: now.Add(15 * time.Minute)}
+	if w := authorizationWake(open, now); w != 15*time.Minute+time.Second {
+		t.Fatalf("untaken request: wake %v", w)
+	}
+	if st := projectAuthorization(open, open.Expires); st.Phase != tokensv1alpha1.AuthorizationExpired {
+		t.Fatalf("untaken request at its expiry: %s", st.Phase)
 	}
 }

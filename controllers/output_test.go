@@ -216,7 +216,7 @@ func TestAPIErrorsBackOffAndAreReported(t *testing.T) {
 		}
 	}
 	c := h.cond(tokensv1alpha1.ConditionReady)
-	if c.Status != metav1.ConditionTrue || c.Reason != ReasonKubernetesAPIError || !strings.Contains(c.Message, "injected state write failure") {
+	if c.Status != metav1.ConditionTrue || c.Reason != ReasonKubernetesAPIError || !strings.Contains(c.Message, "injected state write failure") || !strings.Contains(c.Message, "no provider call could start") {
 		t.Fatalf("Ready %s %s %q, want True %s naming the refusal", c.Status, c.Reason, c.Message, ReasonKubernetesAPIError)
 	}
 	if n := h.events.count(ReasonKubernetesAPIError); n != 1 {

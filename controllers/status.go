@@ -225,7 +225,13 @@ func setConditions(mt *tokensv1alpha1.ManagedToken, in *inputs, out outcome, pub
 		ready(metav1.ConditionFalse, ReasonStatePending, "a new token was issued but could not be stored yet; retrying with back-off, and the provider is not called meanwhile")
 		reauthFromToken()
 	case out.storeErr != nil:
-		msg := "the Kubernetes API refused a read or write this run needed (" + redactAPIError(out.storeErr, t) + "), so no provider call could start; retrying with back-off"
+		msg := "the Kubernetes API refused a read or write this run needed (" + redactAPIError(out.storeErr, t) + ")"
+		if out.called || out.checked || out.failure != nil {
+			msg += ": the provider's answer could not be stored"
+		} else {
+			msg += ", so no provider call could start"
+		}
+		msg += "; retrying with back-off"
 		if state.usable(in.now) {
 			ready(metav1.ConditionTrue, ReasonKubernetesAPIError, "the published token is still valid"+untilText(t)+", but "+msg)
 		} else {

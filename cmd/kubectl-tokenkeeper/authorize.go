@@ -236,7 +236,7 @@ func (w *authorizeWait) evaluate(mt *tokensv1alpha1.ManagedToken) (done bool, er
 	switch got := mt.Annotations[tokensv1alpha1.AuthorizeRequestAnnotation]; {
 	case got == w.hash:
 	case got == "":
-		return true, fmt.Errorf("the %s annotation was removed from %s: request %s is abandoned", tokensv1alpha1.AuthorizeRequestAnnotation, ref, w.id)
+		return true, fmt.Errorf("the %s annotation was removed from %s: this command stops waiting for request %s (its URL still works until the request expires; run authorize again to replace it)", tokensv1alpha1.AuthorizeRequestAnnotation, ref, w.id)
 	case authz.RequestID(got) != "":
 		return true, fmt.Errorf("another kubectl tokenkeeper authorize replaced request %s with request %s on %s: follow that one instead", w.id, authz.RequestID(got), ref)
 	default:
