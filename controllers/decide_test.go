@@ -426,3 +426,32 @@ func TestTakenRequestWithoutOutcomeEnds(t *testing.T) {
 		t.Fatalf("untaken request at its expiry: %s", st.Phase)
 	}
 }
+
+// TestPendingFencedPairIsNotReplaced: a ManagedToken has one slot for a pair
+// not stored yet. The pair of a fenced spend (a code or refresh token used
+// up for it) stays there when an unfenced spend's pair (a Facebook
+// refresh) could not be stored either; another fenced pair, or the same
+// pair again, replaces it.
+func TestPendingFencedPairIsNotReplaced(t *testing.T) {
+	key := types.NamespacedName{Namespace: "ns", Name: "ads"}
+	fenced := memEntry{uid: "u", state: tokenState{Token: &provider.Token{AccessToken: "from-the-code"}}, intent: &spendIntent{Spent: "code"}}
+	unfenced := memEntry{uid: "u", state: tokenState{Token: &provider.Token{AccessToken: "from-a-refresh"}}}
+	m := newMemory()
+	m.setPending(key, fenced)
+	m.setPending(key, unfenced)
+	if e, _ := m.pendingPair(key, "u"); e.state.Token.AccessToken != "from-the-code" {
+		t.Fatalf("pending pair %q, want the fenced spend's", e.state.Token.AccessToken)
+	}
+	again := fenced
+	again.attempts = 2
+	m.setPending(key, again)
+	if e, _ := m.pendingPair(key, "u"); e.attempts != 2 {
+		t.Fatal("the same pair, tried again, must update its entry")
+	}
+	m2 := newMemory()
+	m2.setPending(key, unfenced)
+	m2.setPending(key, fenced)
+	if e, _ := m2.pendingPair(key, "u"); e.state.Token.AccessToken != "from-the-code" {
+		t.Fatal("a fenced pair must replace an unfenced one")
+	}
+}

@@ -375,9 +375,19 @@ func (m *memory) pendingPair(key types.NamespacedName, uid types.UID) (memEntry,
 	return e, ok && e.uid == uid
 }
 
+// setPending keeps e as key's pair that is not stored yet.
+//
+// A ManagedToken has one pending slot. A pair from a fenced spend (it used
+// up a refresh token or code: the only copy) is never replaced by one from
+// an unfenced spend (a Facebook refresh, whose old token keeps working):
+// on one replica a callback's exchange and the leader's unfenced refresh
+// may both fail to store (TestPendingFencedPairIsNotReplaced).
 func (m *memory) setPending(key types.NamespacedName, e memEntry) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if cur, ok := m.pending[key]; ok && cur.intent != nil && e.intent == nil && cur.uid == e.uid {
+		return
+	}
 	m.pending[key] = e
 }
 
