@@ -47,6 +47,18 @@ func TestFidelityUnknownTokenTypeIsMonitored(t *testing.T) {
 	}
 }
 
+// fbPageMT gives user a role on Page pageID, puts user into the credentials
+// Secret, creates ManagedToken "page" for that Page, and reconciles once.
+func (h *harness) fbPageMT(user, pageID string) {
+	h.t.Helper()
+	h.fb.AddPage(pageID, user)
+	h.putCreds("facebook-app", map[string]string{"app_id": testAppID, "app_secret": testAppSecret, "access_token": user})
+	mt := validFacebook(h.ns, "page")
+	mt.Spec.Facebook = &tokensv1alpha1.FacebookSpec{PageID: pageID}
+	h.createMT(mt)
+	h.reconcile()
+}
+
 // TestFidelityPageToken: with spec.facebook.pageID the Page token is
 // derived, published (the output Secret holds the Page token, the state
 // keeps the managed system-user token), and flagged when the user token is
@@ -55,12 +67,7 @@ func TestFidelityPageToken(t *testing.T) {
 	const pageID = "104169029247128"
 	h := newHarness(t, amocrmfake.Options{}, facebookfake.Options{RequireAppSecret: true})
 	user := h.fb.IssueToken(facebookfake.KindSystemUserNonExpiring, time.Time{})
-	h.fb.AddPage(pageID, user)
-	h.putCreds("facebook-app", map[string]string{"app_id": testAppID, "app_secret": testAppSecret, "access_token": user})
-	mt := validFacebook(h.ns, "page")
-	mt.Spec.Facebook = &tokensv1alpha1.FacebookSpec{PageID: pageID}
-	h.createMT(mt)
-	h.reconcile()
+	h.fbPageMT(user, pageID)
 	h.wantCond(tokensv1alpha1.ConditionReady, metav1.ConditionTrue, ReasonTokenNeverExpires)
 
 	page := h.fb.PageToken(user, pageID)
@@ -112,12 +119,7 @@ func TestRemovingPageIDPublishesTheManagedToken(t *testing.T) {
 	const pageID = "104169029247128"
 	h := newHarness(t, amocrmfake.Options{})
 	user := h.fb.IssueToken(facebookfake.KindUserLong, h.clk.Now().Add(50*24*time.Hour))
-	h.fb.AddPage(pageID, user)
-	h.putCreds("facebook-app", map[string]string{"app_id": testAppID, "app_secret": testAppSecret, "access_token": user})
-	mt := validFacebook(h.ns, "page")
-	mt.Spec.Facebook = &tokensv1alpha1.FacebookSpec{PageID: pageID}
-	h.createMT(mt)
-	h.reconcile()
+	h.fbPageMT(user, pageID)
 	if got := string(h.output().Data[tokensv1alpha1.OutputAccessTokenKey]); got != h.fb.PageToken(user, pageID) || got == "" {
 		t.Fatal("the output Secret does not hold the Page token")
 	}

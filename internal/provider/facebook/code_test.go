@@ -224,15 +224,7 @@ func TestAuthorizationCodeThenPassingFailure(t *testing.T) {
 		}
 	})
 	t.Run("the Page token fails once", func(t *testing.T) {
-		h := newHarness(t, facebookfake.Options{}, func(next http.Handler) http.Handler {
-			fake := next.(*facebookfake.Server)
-			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				if strings.HasSuffix(r.URL.Path, "/1234567890") {
-					fake.AddPage("1234567890", r.URL.Query().Get("access_token"))
-				}
-				fake.ServeHTTP(w, r)
-			})
-		})
+		h := newPageRoleHarness(t)
 		h.fake.FailNext(facebookfake.OpPage, 1, 502, "<html>Bad Gateway</html>", nil)
 		req := codeRequest(h.fake.IssueAuthorizationCode(testRedirectURI, "pages_show_list"))
 		req.Spec.Facebook.PageID = "1234567890"
@@ -259,10 +251,10 @@ func TestAuthorizationCodeThenPassingFailure(t *testing.T) {
 	})
 }
 
-func TestAuthorizationCodeWithPage(t *testing.T) {
-	// The user behind the code has a role on the Page: every token that
-	// asks for the Page gets the role first.
-	h := newHarness(t, facebookfake.Options{}, func(next http.Handler) http.Handler {
+// newPageRoleHarness is a harness whose Page 1234567890 gives a role to
+// every token that asks for it: the user behind a code has a role there.
+func newPageRoleHarness(t *testing.T) *harness {
+	return newHarness(t, facebookfake.Options{}, func(next http.Handler) http.Handler {
 		fake := next.(*facebookfake.Server)
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if strings.HasSuffix(r.URL.Path, "/1234567890") {
@@ -271,6 +263,10 @@ func TestAuthorizationCodeWithPage(t *testing.T) {
 			fake.ServeHTTP(w, r)
 		})
 	})
+}
+
+func TestAuthorizationCodeWithPage(t *testing.T) {
+	h := newPageRoleHarness(t)
 	req := codeRequest(h.fake.IssueAuthorizationCode(testRedirectURI, "pages_show_list"))
 	req.Spec.Facebook.PageID = "1234567890"
 	tok, err := h.client.Bootstrap(context.Background(), req, facebook.KeyAuthorizationCode)
