@@ -95,8 +95,11 @@ func (r *ManagedTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	p := decide(in.decisionInput())
 	log.FromContext(ctx).V(1).Info("decided", "action", p.Action.String(), "why", p.Why)
 	out := r.execute(ctx, in, p)
-	out.apiErrors = r.memory().countAPIErrors(in.key, out.storeErr != nil)
-	if out.storeErr != nil {
+	// A pair not stored has its own count, back-off and log line
+	// (keepPending, commit); this is for the other API errors.
+	apiErr := out.storeErr != nil && out.stored
+	out.apiErrors = r.memory().countAPIErrors(in.key, apiErr)
+	if apiErr {
 		log.FromContext(ctx).Error(nil, "the Kubernetes API refused a read or write this run needed; retrying with back-off",
 			"error", redactAPIError(out.storeErr, out.state.Token), "consecutive", out.apiErrors)
 	}
